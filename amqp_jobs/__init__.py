@@ -1,0 +1,54 @@
+"""amqp-jobs: background jobs and scheduling on RabbitMQ for multi-tenant worker fleets."""
+
+from amqp_jobs.app import JobApp, QueueClient
+from amqp_jobs.client import EnqueueRequest, JobHandle
+from amqp_jobs.context import JobContext
+from amqp_jobs.envelope import Envelope
+from amqp_jobs.errors import (
+    Abort,
+    AmqpJobsError,
+    ConfigurationError,
+    EnvelopeError,
+    JobTimeoutError,
+    PublishError,
+    PublishNackedError,
+    PublishTimeoutError,
+    Retry,
+    TransportError,
+    UnknownJobError,
+    UnknownJobOptionError,
+    UnroutableError,
+    ValidationError,
+)
+from amqp_jobs.jobs import Job, JobDefinition
+from amqp_jobs.middleware import Middleware
+from amqp_jobs.retries import RetryPolicy
+from amqp_jobs.worker import Worker
+
+__all__ = [
+    "Abort",
+    "AmqpJobsError",
+    "ConfigurationError",
+    "EnqueueRequest",
+    "Envelope",
+    "EnvelopeError",
+    "Job",
+    "JobApp",
+    "JobContext",
+    "JobDefinition",
+    "JobHandle",
+    "JobTimeoutError",
+    "Middleware",
+    "PublishError",
+    "PublishNackedError",
+    "PublishTimeoutError",
+    "QueueClient",
+    "Retry",
+    "RetryPolicy",
+    "TransportError",
+    "UnknownJobError",
+    "UnknownJobOptionError",
+    "UnroutableError",
+    "ValidationError",
+    "Worker",
+]

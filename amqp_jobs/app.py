@@ -1,0 +1,282 @@
+"""JobApp: the registry of jobs and services, and the one place configuration lives.
+
+There is no global app: create one, pass it around, import it where a worker
+needs it (``amqp-jobs worker myproject.jobs:app``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
+
+from amqp_jobs.client import Client, EnqueueRequest, JobHandle
+from amqp_jobs.errors import ConfigurationError, UnknownJobOptionError
+from amqp_jobs.jobs import Job, JobDefinition, introspect
+from amqp_jobs.middleware import Middleware, MiddlewareStack
+from amqp_jobs.retries import Backoff, RetryPolicy
+from amqp_jobs.topology import DEFAULT_MAX_PRIORITY, DEFAULT_NAMESPACE, Topology
+from amqp_jobs.transport.amqp import AmqpTransport
+from amqp_jobs.transport.base import Transport
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1/"
+
+F = TypeVar("F", bound=Callable[..., Any])
+Hook = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class JobApp:
+    """An amqp-jobs application: jobs, services, middleware and broker settings.
+
+    ``url`` defaults to the ``AMQP_URL`` environment variable, then to a local
+    RabbitMQ. ``service`` names the publishing service (the envelope's
+    ``publisher``). ``namespace`` prefixes every exchange and queue name.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        service: str = "amqp-jobs",
+        namespace: str = DEFAULT_NAMESPACE,
+        default_queue: str = "default",
+        max_priority: int = DEFAULT_MAX_PRIORITY,
+        publish_timeout: float = 10.0,
+        middleware: Iterable[Middleware] = (),
+        transport: Transport | None = None,
+    ) -> None:
+        self.url = url or os.environ.get("AMQP_URL", DEFAULT_URL)
+        self.service_name = service
+        self.topology = Topology(namespace=namespace, max_priority=max_priority)
+        self.default_queue = default_queue
+        self.publish_timeout = publish_timeout
+        self.middleware = MiddlewareStack(list(middleware))
+        self.transport = transport or AmqpTransport(self.url, connection_name=service)
+        self.registry: dict[str, JobDefinition] = {}
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self.client = Client(
+            transport=self.transport,
+            topology=self.topology,
+            registry=self.registry,
+            middleware=self.middleware,
+            service=service,
+            default_queue=default_queue,
+            publish_timeout=publish_timeout,
+        )
+
+    # --- defining jobs --------------------------------------------------------------
+
+    @overload
+    def job(self, fn: F, /) -> Job: ...
+    @overload
+    def job(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int = 3,
+        backoff: Backoff = "exponential",
+        backoff_base: float = 1.0,
+        max_backoff: float = 3600.0,
+        jitter: float = 0.1,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        timeout: float | None = None,
+        priority: int | None = None,
+        **options: Any,
+    ) -> Callable[[F], Job]: ...
+
+    def job(  # type: ignore[misc]  # **settings forwards the overload's keywords
+        self, fn: Callable[..., Any] | None = None, /, **settings: Any
+    ) -> Any:
+        """Register a function as a job (``@app.job`` or ``@app.job(queue=..., ...)``).
+
+        Input and output schemas come from the annotations. ``max_attempts``,
+        ``backoff`` (``"fixed"``, ``"exponential"`` or ``f(attempt) -> seconds``),
+        ``backoff_base``, ``max_backoff``, ``jitter`` and ``retry_on`` make its
+        retry policy; ``timeout`` is its time limit in seconds. Other keyword
+        options must be claimed by an installed middleware.
+        """
+
+        def register(function: Callable[..., Any]) -> Job:
+            return self._register(function, **settings)
+
+        return register(fn) if fn is not None else register
+
+    def _register(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int = 3,
+        backoff: Backoff = "exponential",
+        backoff_base: float = 1.0,
+        max_backoff: float = 3600.0,
+        jitter: float = 0.1,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        timeout: float | None = None,
+        priority: int | None = None,
+        **options: Any,
+    ) -> Job:
+        job_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+        if name is None and fn.__module__ in ("__main__", "builtins"):
+            job_name = fn.__name__
+        unknown = set(options) - self.middleware.job_options
+        if unknown:
+            raise UnknownJobOptionError(
+                f"job {job_name!r} has unknown option(s) {sorted(unknown)}; "
+                "did you forget to add the middleware that understands them?"
+            )
+        if job_name in self.registry:
+            raise ConfigurationError(f"a job named {job_name!r} is already registered")
+        if priority is not None and not 0 <= priority <= self.topology.max_priority:
+            raise ConfigurationError(
+                f"job {job_name!r}: priority {priority} is outside 0..{self.topology.max_priority}"
+            )
+        queue_name = queue or self.default_queue
+        self.topology.queue_name(queue_name)  # validates the name now, not at first publish
+        definition = introspect(
+            job_name,
+            fn,
+            queue=queue_name,
+            retry=RetryPolicy(
+                max_attempts=max_attempts,
+                backoff=backoff,
+                base_delay=backoff_base,
+                max_delay=max_backoff,
+                jitter=jitter,
+                retry_on=retry_on,
+            ),
+            timeout=timeout,
+            priority=priority,
+            options=options,
+        )
+        self.registry[job_name] = definition
+        return Job(definition, self.enqueue)
+
+    def service(self, name: str, instance: object, **settings: Any) -> list[Job]:
+        """Register the public methods of ``instance`` as jobs named ``"<name>.<method>"``.
+
+        ``settings`` are the ``@app.job`` options applied to every method.
+        """
+        jobs = []
+        for attr, member in inspect.getmembers(instance, callable):
+            if attr.startswith("_") or inspect.isclass(member):
+                continue
+            jobs.append(self._register(member, name=f"{name}.{attr}", **settings))
+        if not jobs:
+            raise ConfigurationError(f"service {name!r} has no public methods to register")
+        return jobs
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Install a middleware; add it before defining jobs that use its options."""
+        self.middleware.add(middleware)
+
+    def on_startup(self, hook: Hook) -> Hook:
+        """Register ``async def hook(resources)``, run when a worker starts; fill ``resources``."""
+        self._startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Hook) -> Hook:
+        """Register ``async def hook(resources)``, run when a worker stops."""
+        self._shutdown.append(hook)
+        return hook
+
+    async def run_startup(self) -> dict[str, Any]:
+        """Run the start-up hooks; return the resources they made (``ctx.resources``)."""
+        resources: dict[str, Any] = {"app": self}
+        for hook in self._startup:
+            await hook(resources)
+        return resources
+
+    async def run_shutdown(self, resources: dict[str, Any]) -> None:
+        """Run the shut-down hooks, last registered first."""
+        for hook in reversed(self._shutdown):
+            await hook(resources)
+
+    def get_job(self, name: str) -> JobDefinition:
+        """The definition of a registered job, or a clear error."""
+        try:
+            return self.registry[name]
+        except KeyError:
+            from amqp_jobs.errors import UnknownJobError
+
+            raise UnknownJobError(
+                f"no job named {name!r} is registered; known: {sorted(self.registry)}"
+            ) from None
+
+    # --- publishing ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the broker connection (done on first use too)."""
+        await self.transport.connect()
+
+    async def close(self) -> None:
+        """Close the broker connection."""
+        await self.transport.close()
+        self.client._ready_queues.clear()
+        self.client._infrastructure_ready = False
+
+    async def __aenter__(self) -> JobApp:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def enqueue(self, job: str, data: Any = None, **options: Any) -> JobHandle:
+        """Publish job ``job`` (by name) with ``data``, and wait for the broker's confirm.
+
+        Options: ``queue``, ``delay`` (seconds or timedelta), ``at`` (aware datetime),
+        ``priority`` (0..max_priority), ``job_id``, ``labels``, ``correlation_id``,
+        ``parent_id``, ``user``, ``expires``, ``idempotency_key``.
+        """
+        await self.connect()
+        return await self.client.enqueue(job, data, **options)
+
+    async def enqueue_many(
+        self,
+        jobs: Iterable[EnqueueRequest | tuple[str, Any] | dict[str, Any]],
+        *,
+        window: int = 500,
+    ) -> list[JobHandle]:
+        """Publish many jobs with their confirms pipelined (``window`` in flight)."""
+        await self.connect()
+        return await self.client.enqueue_many(jobs, window=window)
+
+    def queue(self, name: str) -> QueueClient:
+        """The queue-first form: ``await app.queue("emails").add("email.send", data)``."""
+        self.topology.queue_name(name)
+        return QueueClient(self, name)
+
+    def worker(self, queues: Sequence[str] | None = None, **settings: Any) -> Any:
+        """A :class:`~amqp_jobs.worker.Worker` for ``queues`` (default: every job's queue)."""
+        from amqp_jobs.worker import Worker
+
+        chosen = list(queues) if queues else sorted({d.queue for d in self.registry.values()})
+        return Worker(self, queues=chosen or [self.default_queue], **settings)
+
+
+class QueueClient:
+    """Publishes into one named queue."""
+
+    def __init__(self, app: JobApp, name: str) -> None:
+        self.app = app
+        self.name = name
+
+    async def add(self, job: str, data: Any = None, **options: Any) -> JobHandle:
+        """Publish ``job`` into this queue; options as :meth:`JobApp.enqueue`."""
+        return await self.app.enqueue(job, data, queue=self.name, **options)
+
+    async def add_many(self, jobs: Iterable[tuple[str, Any]]) -> list[JobHandle]:
+        """Publish many ``(job, data)`` pairs into this queue."""
+        return await self.app.enqueue_many(
+            EnqueueRequest(job, data, {"queue": self.name}) for job, data in jobs
+        )
+
+    async def size(self) -> int:
+        """Number of jobs ready in this queue."""
+        await self.app.connect()
+        return await self.app.transport.message_count(self.app.topology.queue_name(self.name))

@@ -1,0 +1,166 @@
+"""The ``amqp-jobs`` command: run workers, show the topology, manage the dead-letter queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from amqp_jobs.app import JobApp
+from amqp_jobs.dlq import DeadLetters
+from amqp_jobs.errors import AmqpJobsError
+from amqp_jobs.topology import BindingDecl, Declaration, ExchangeDecl
+
+
+def load_app(reference: str) -> JobApp:
+    """Import ``module:attribute`` and return the :class:`JobApp` it names."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"error: app reference {reference!r} must look like 'package.module:app'")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, JobApp):
+        raise SystemExit(f"error: {reference!r} is not a JobApp (found {type(app).__name__})")
+    return app
+
+
+def _app_from(args: argparse.Namespace) -> JobApp:
+    if args.app:
+        return load_app(args.app)
+    return JobApp(args.url, namespace=args.namespace)
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    app = load_app(args.app)
+    queues = [q for item in args.queues for q in item.split(",") if q] if args.queues else None
+    worker = app.worker(
+        queues,
+        concurrency=args.concurrency,
+        prefetch=args.prefetch,
+        grace_period=args.grace,
+    )
+    try:
+        await worker.run()
+    finally:
+        await app.close()
+
+
+def _format_declaration(declaration: Declaration) -> str:
+    if isinstance(declaration, ExchangeDecl):
+        return f"exchange {declaration.name} ({declaration.type})"
+    if isinstance(declaration, BindingDecl):
+        kind = "exchange" if declaration.to_exchange else "queue"
+        return (
+            f"binding  {declaration.source} -> {kind} {declaration.destination} "
+            f"[{declaration.routing_key}]"
+        )
+    args = " ".join(f"{k}={v}" for k, v in declaration.arguments.items())
+    return f"queue    {declaration.name} {args}"
+
+
+async def _topology(args: argparse.Namespace) -> None:
+    app = load_app(args.app)
+    queues = sorted({d.queue for d in app.registry.values()} | {app.default_queue})
+    declarations = [d for q in queues for d in app.topology.work_queue(q)]
+    declarations = app.topology.infrastructure() + declarations
+    for declaration in declarations:
+        print(_format_declaration(declaration))
+    if args.apply:
+        await app.connect()
+        await app.transport.declare(declarations)
+        await app.close()
+        print(f"declared {len(declarations)} exchanges, queues and bindings")
+
+
+async def _dlq(args: argparse.Namespace) -> None:
+    app = _app_from(args)
+    dead = DeadLetters(app)
+    try:
+        if args.action == "list":
+            jobs = await dead.list(limit=args.limit)
+            if args.json:
+                print(json.dumps([job.__dict__ for job in jobs], indent=2))
+            for job in [] if args.json else jobs:
+                when = (
+                    datetime.fromtimestamp(job.dead_at, UTC).isoformat(timespec="seconds")
+                    if job.dead_at
+                    else "-"
+                )
+                print(f"{job.id}  {job.job or '?'}  {job.queue}  {when}  {job.reason}")
+            if not args.json:
+                print(f"{len(jobs)} dead job(s) shown")
+        elif args.action == "requeue":
+            if not args.job_id and not args.all:
+                raise SystemExit("error: give a job ID to requeue, or --all")
+            count = await dead.requeue(None if args.all else args.job_id)
+            if args.job_id and count == 0:
+                raise SystemExit(f"error: no dead job with id {args.job_id}")
+            print(f"requeued {count} job(s)")
+        else:
+            print(f"purged {await dead.purge()} dead job(s)")
+    finally:
+        await app.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``amqp-jobs`` command."""
+    parser = argparse.ArgumentParser(prog="amqp-jobs", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("AMQP_JOBS_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="run a worker until SIGTERM/SIGINT")
+    worker.add_argument("app", help="the app to run, as package.module:attribute")
+    worker.add_argument(
+        "--queues", "-Q", action="append", help="queues to consume, comma-separated (default: all)"
+    )
+    worker.add_argument("--concurrency", "-c", type=int, default=64, help="jobs at once")
+    worker.add_argument("--prefetch", type=int, default=None, help="unacked messages per queue")
+    worker.add_argument("--grace", type=float, default=30.0, help="shutdown grace period, s")
+    worker.set_defaults(run=_worker)
+
+    topology = commands.add_parser("topology", help="print the exchanges, queues and bindings")
+    topology.add_argument("app")
+    topology.add_argument("--apply", action="store_true", help="declare them on the broker")
+    topology.set_defaults(run=_topology)
+
+    dlq = commands.add_parser("dlq", help="list, requeue or purge the dead-letter queue")
+    dlq.add_argument("action", choices=["list", "requeue", "purge"])
+    dlq.add_argument("job_id", nargs="?", help="with requeue: the dead job to send back")
+    dlq.add_argument("--all", action="store_true", help="with requeue: every dead job")
+    dlq.add_argument("--app", default=os.environ.get("AMQP_JOBS_APP"), help="module:app")
+    dlq.add_argument("--url", default=None, help="broker URL when no --app (default AMQP_URL)")
+    dlq.add_argument("--namespace", default="amqp_jobs", help="namespace when no --app")
+    dlq.add_argument("--limit", type=int, default=100)
+    dlq.add_argument("--json", action="store_true")
+    dlq.set_defaults(run=_dlq)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``amqp-jobs`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    runner: Any = args.run
+    try:
+        asyncio.run(runner(args))
+    except AmqpJobsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Publishing jobs: build the envelope, route it, publish it with a confirm."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import pydantic
+import tenacity
+
+from amqp_jobs.envelope import CONTENT_TYPE, Envelope, encode
+from amqp_jobs.errors import ConfigurationError, PublishError, TransportError
+from amqp_jobs.jobs import JobDefinition
+from amqp_jobs.middleware import MiddlewareStack
+from amqp_jobs.topology import Topology
+from amqp_jobs.transport.base import OutgoingMessage, Publication, Transport
+
+
+class RouteLike(Protocol):
+    """What a routing policy returns (see the top-level ``routing`` package)."""
+
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def priority(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobHandle:
+    """A published job: its id and where it went."""
+
+    id: str
+    job: str
+    queue: str
+    enqueued_at: float
+    not_before: float | None = None
+
+
+@dataclass(slots=True)
+class EnqueueRequest:
+    """One job for :meth:`Client.enqueue_many`; fields as the keyword options of ``enqueue``."""
+
+    job: str
+    data: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _data_to_json(data: Any) -> Any:
+    if isinstance(data, pydantic.BaseModel):
+        return data.model_dump(mode="json")
+    if data is None or isinstance(data, str | int | float | bool):
+        return data
+    return pydantic.TypeAdapter(Any).dump_python(data, mode="json")
+
+
+class Client:
+    """Publishes jobs by name; validates data when the job is registered locally.
+
+    A publisher needs no worker code: an unknown job name is published as-is to
+    the queue it is given (or the default queue) and validated by the worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        topology: Topology,
+        registry: Mapping[str, JobDefinition],
+        middleware: MiddlewareStack,
+        service: str,
+        default_queue: str,
+        publish_timeout: float,
+    ) -> None:
+        self.transport = transport
+        self.topology = topology
+        self.registry = registry
+        self.middleware = middleware
+        self.service = service
+        self.default_queue = default_queue
+        self.publish_timeout = publish_timeout
+        self._ready_queues: set[str] = set()
+        self._infrastructure_ready = False
+
+    async def ensure_queue(self, queue: str) -> None:
+        """Declare the shared infrastructure (once) and the work queue ``queue``."""
+        if queue in self._ready_queues:
+            return
+        if not self._infrastructure_ready:
+            await self.transport.declare(self.topology.infrastructure())
+            self._infrastructure_ready = True
+        await self.transport.declare(self.topology.work_queue(queue))
+        self._ready_queues.add(queue)
+
+    async def build(
+        self,
+        job: str,
+        data: Any = None,
+        *,
+        queue: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | float | None = None,
+        priority: int | None = None,
+        job_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        parent_id: str | None = None,
+        user: Mapping[str, Any] | None = None,
+        expires: float | timedelta | None = None,
+        idempotency_key: str | None = None,
+    ) -> Envelope:
+        """Validate and build the envelope of one job, without publishing it."""
+        definition = self.registry.get(job)
+        if definition is not None:
+            data = definition.validate_input(data)
+            queue = queue or definition.queue
+            priority = definition.priority if priority is None else priority
+        if priority is not None and not 0 <= priority <= self.topology.max_priority:
+            raise ConfigurationError(
+                f"priority {priority} of job {job!r} is outside 0..{self.topology.max_priority}"
+            )
+        now = time.time()
+        not_before = _absolute_time(now, delay, at)
+        extra: dict[str, Any] = {}
+        if job_id is not None:
+            extra["id"] = job_id
+        envelope = Envelope(
+            job=job,
+            queue=queue or self.default_queue,
+            data=_data_to_json(data),
+            enqueued_at=now,
+            not_before=not_before,
+            expires_at=None if expires is None else now + _seconds(expires),
+            priority=priority,
+            publisher=self.service,
+            correlation_id=correlation_id,
+            parent_id=parent_id,
+            idempotency_key=idempotency_key,
+            labels=dict(labels or {}),
+            user=dict(user) if user is not None else None,
+            **extra,
+        )
+        for hook in self.middleware.hooks("before_publish"):
+            envelope = await hook(envelope)
+        return envelope
+
+    def publication(self, envelope: Envelope, *, now: float | None = None) -> Publication:
+        """Where an envelope goes: straight to its queue, or into the delay levels."""
+        amqp_queue = self.topology.queue_name(envelope.queue)
+        message = OutgoingMessage(
+            body=encode(envelope),
+            message_id=envelope.id,
+            type=envelope.job,
+            content_type=CONTENT_TYPE,
+            priority=envelope.priority,
+            app_id=envelope.publisher,
+            correlation_id=envelope.correlation_id,
+        )
+        delay_ms = 0
+        if envelope.not_before is not None:
+            delay_ms = round((envelope.not_before - (now or time.time())) * 1000)
+        if delay_ms > 0:
+            exchange, routing_key = self.topology.delay_route(delay_ms, amqp_queue)
+            return Publication(message, exchange, routing_key)
+        return Publication(message, "", amqp_queue)
+
+    async def publish(self, envelope: Envelope) -> None:
+        """Publish a built envelope and wait for the broker's confirm.
+
+        A connection that is down is waited for (the robust connection reconnects),
+        up to ``publish_timeout`` in all; a refused or unconfirmed publish raises.
+        """
+        await self.ensure_queue(envelope.queue)
+        publication = self.publication(envelope)
+        async for attempt in tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_delay(self.publish_timeout),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+            retry=tenacity.retry_if_exception(_is_connection_error),
+            reraise=True,
+        ):
+            with attempt:
+                await self.transport.publish(
+                    publication.message,
+                    publication.exchange,
+                    publication.routing_key,
+                    timeout=self.publish_timeout,
+                )
+        for hook in self.middleware.hooks("after_publish", reverse=True):
+            await hook(envelope)
+
+    async def enqueue(self, job: str, data: Any = None, **options: Any) -> JobHandle:
+        """Validate, build and publish one job; return its handle once confirmed."""
+        envelope = await self.build(job, data, **options)
+        await self.publish(envelope)
+        return _handle(envelope)
+
+    async def enqueue_many(
+        self,
+        requests: Iterable[EnqueueRequest | tuple[str, Any] | dict[str, Any]],
+        *,
+        window: int = 500,
+    ) -> list[JobHandle]:
+        """Publish many jobs with up to ``window`` confirms in flight.
+
+        Every job is validated before any is published. If some publishes fail, a
+        :class:`PublishError` is raised naming how many; the others are queued.
+        """
+        envelopes: list[Envelope] = []
+        for request in as_requests(list(requests)):
+            envelopes.append(await self.build(request.job, request.data, **request.options))
+        for queue in {e.queue for e in envelopes}:
+            await self.ensure_queue(queue)
+        now = time.time()
+        outcomes = await self.transport.publish_many(
+            [self.publication(e, now=now) for e in envelopes],
+            timeout=self.publish_timeout,
+            window=window,
+        )
+        failures = [(e, o) for e, o in zip(envelopes, outcomes, strict=True) if o is not None]
+        if failures:
+            first_envelope, first_error = failures[0]
+            raise PublishError(
+                f"{len(failures)} of {len(envelopes)} jobs were not published; first: job "
+                f"{first_envelope.id}: {first_error}"
+            ) from first_error
+        after = self.middleware.hooks("after_publish", reverse=True)
+        for envelope in envelopes if after else ():
+            for hook in after:
+                await hook(envelope)
+        return [_handle(e) for e in envelopes]
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    return isinstance(error, TransportError) and not isinstance(error, PublishError)
+
+
+def _handle(envelope: Envelope) -> JobHandle:
+    return JobHandle(
+        id=envelope.id,
+        job=envelope.job,
+        queue=envelope.queue,
+        enqueued_at=envelope.enqueued_at,
+        not_before=envelope.not_before,
+    )
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _absolute_time(
+    now: float, delay: float | timedelta | None, at: datetime | float | None
+) -> float | None:
+    if delay is not None and at is not None:
+        raise ConfigurationError("give either delay= or at=, not both")
+    if delay is not None:
+        seconds = _seconds(delay)
+        if seconds < 0:
+            raise ConfigurationError(f"delay must not be negative, not {seconds}")
+        return now + seconds if seconds > 0 else None
+    if at is None:
+        return None
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise ConfigurationError("at= needs a timezone-aware datetime (e.g. with tzinfo=UTC)")
+        return at.timestamp()
+    return float(at)
+
+
+def as_requests(items: Sequence[Any]) -> list[EnqueueRequest]:
+    """Normalise ``enqueue_many`` input: requests, ``(job, data)`` pairs or dicts."""
+    out = []
+    for item in items:
+        if isinstance(item, EnqueueRequest):
+            out.append(item)
+        elif isinstance(item, tuple):
+            out.append(EnqueueRequest(*item))
+        elif isinstance(item, dict):
+            item = dict(item)
+            out.append(EnqueueRequest(item.pop("job"), item.pop("data", None), item))
+        else:
+            raise ConfigurationError(f"cannot enqueue {item!r}: give (job, data) or a dict")
+    return out

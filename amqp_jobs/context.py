@@ -1,0 +1,86 @@
+"""JobContext: what a running job knows about itself and the resources it may use."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from amqp_jobs.client import Client, JobHandle
+    from amqp_jobs.envelope import Envelope
+    from amqp_jobs.jobs import JobDefinition
+
+log = logging.getLogger("amqp_jobs.job")
+
+
+class JobContext:
+    """Passed as the first argument to a job that asks for it (``ctx: JobContext``).
+
+    ``resources`` holds what the app's start-up hooks made (database pools, HTTP
+    clients...). Jobs enqueued through :meth:`enqueue` carry this job's correlation
+    id, this job as their parent, and its user.
+    """
+
+    __slots__ = ("_client", "definition", "envelope", "resources", "worker_id")
+
+    def __init__(
+        self,
+        envelope: Envelope,
+        definition: JobDefinition,
+        *,
+        client: Client,
+        resources: dict[str, Any],
+        worker_id: str,
+    ) -> None:
+        self.envelope = envelope
+        self.definition = definition
+        self.resources = resources
+        self.worker_id = worker_id
+        self._client = client
+
+    @property
+    def job_id(self) -> str:
+        """This job's id."""
+        return self.envelope.id
+
+    @property
+    def job_name(self) -> str:
+        """This job's registered name."""
+        return self.envelope.job
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first run; grows with each retry or redelivery."""
+        return self.envelope.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        """How many runs the job's retry policy allows in all."""
+        return self.definition.retry.max_attempts
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a failure now sends the job to the dead-letter queue."""
+        return self.envelope.attempt >= self.definition.retry.max_attempts
+
+    @property
+    def user(self) -> dict[str, Any] | None:
+        """The user the job runs for, as it travelled in the envelope."""
+        return self.envelope.user
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The middleware options the job was defined with."""
+        return self.definition.options
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that tags records with the job id and name."""
+        return logging.LoggerAdapter(log, {"job_id": self.job_id, "job": self.job_name})
+
+    async def enqueue(self, job: str, data: Any = None, **options: Any) -> JobHandle:
+        """Publish a follow-up job that inherits this job's correlation id and user."""
+        options.setdefault("correlation_id", self.envelope.correlation_id or self.job_id)
+        options.setdefault("parent_id", self.job_id)
+        options.setdefault("user", self.envelope.user)
+        return await self._client.enqueue(job, data, **options)

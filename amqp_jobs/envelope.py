@@ -1,0 +1,75 @@
+"""The wire format: one AMQP message per job, its body a JSON envelope.
+
+Everything that decides how a job runs is inside the body. AMQP properties and
+headers (``x-death``, ``redelivered``, ``user-id``...) are claims of the broker or
+the publisher, used only as hints; the worker never trusts them for decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pydantic
+
+from amqp_jobs.errors import EnvelopeError
+from amqp_jobs.ids import new_job_id
+
+CONTENT_TYPE = "application/vnd.amqp-jobs.v1+json"
+"""AMQP ``content_type`` of an envelope; the version is part of it."""
+
+MAX_BODY_BYTES = 1_048_576
+"""Default largest envelope a worker accepts; bigger ones are dead-lettered as oversized."""
+
+
+class Envelope(pydantic.BaseModel):
+    """One job on the wire.
+
+    ``attempt`` is 1 for the first run and grows by one for each retry or each
+    redelivery after a worker died. Times are Unix seconds (float).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    id: str = pydantic.Field(default_factory=new_job_id)
+    job: str
+    queue: str
+    data: Any = None
+    attempt: int = 1
+    enqueued_at: float = pydantic.Field(default_factory=time.time)
+    not_before: float | None = None
+    expires_at: float | None = None
+    priority: int | None = None
+    publisher: str | None = None
+    correlation_id: str | None = None
+    parent_id: str | None = None
+    idempotency_key: str | None = None
+    labels: dict[str, str] = pydantic.Field(default_factory=dict)
+    user: dict[str, Any] | None = None
+
+    def next_attempt(self, *, not_before: float | None = None) -> Envelope:
+        """Return a copy of this envelope for the following attempt."""
+        return self.model_copy(update={"attempt": self.attempt + 1, "not_before": not_before})
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Serialise an envelope to its JSON body (field order is fixed by the model)."""
+    return envelope.model_dump_json(exclude_defaults=False).encode()
+
+
+def decode(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Envelope:
+    """Parse and validate an envelope body.
+
+    Raises :class:`EnvelopeError` with a sentence saying what is wrong, so the
+    worker can dead-letter the message with that reason.
+    """
+    if len(body) > max_bytes:
+        raise EnvelopeError(f"body of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        return Envelope.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors(include_url=False)[:5]
+        )
+        raise EnvelopeError(f"body is not a valid job envelope ({problems})") from None

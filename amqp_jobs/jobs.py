@@ -1,0 +1,182 @@
+"""Job definitions: a function (or a service method) plus its schemas and options."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from amqp_jobs.errors import ConfigurationError, ValidationError
+from amqp_jobs.retries import RetryPolicy
+
+if TYPE_CHECKING:
+    from amqp_jobs.client import JobHandle
+
+_NO_OUTPUT = (inspect.Signature.empty, None, type(None))
+
+
+@dataclass(slots=True)
+class JobDefinition:
+    """Everything the app knows about one job.
+
+    ``input_model`` validates the job's data; when the function takes plain
+    parameters instead of one model, a model is built from them and the function
+    is called with keyword arguments (``unpack_input``).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    queue: str
+    input_model: type[pydantic.BaseModel]
+    output_adapter: pydantic.TypeAdapter[Any] | None
+    takes_context: bool
+    unpack_input: bool
+    is_async: bool
+    retry: RetryPolicy
+    timeout: float | None = None
+    priority: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate_input(self, data: Any) -> pydantic.BaseModel:
+        """Validate job data (a model instance or plain data) against the input schema."""
+        if isinstance(data, self.input_model):
+            return data
+        if isinstance(data, pydantic.BaseModel):
+            data = data.model_dump()
+        try:
+            return self.input_model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                f"input of job {self.name!r} is invalid: {_summarise(exc)}"
+            ) from None
+
+    def validate_output(self, value: Any) -> Any:
+        """Validate what the job returned against its return annotation."""
+        if self.output_adapter is None:
+            return value
+        try:
+            return self.output_adapter.validate_python(value)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                f"job {self.name!r} returned a value that does not fit its return annotation: "
+                f"{_summarise(exc)}"
+            ) from None
+
+    def dump_output(self, value: Any) -> Any:
+        """JSON-ready form of a validated output."""
+        if self.output_adapter is None:
+            return pydantic.TypeAdapter(Any).dump_python(value, mode="json")
+        return self.output_adapter.dump_python(value, mode="json")
+
+    def input_schema(self) -> dict[str, Any]:
+        """JSON Schema of the job's input."""
+        return self.input_model.model_json_schema()
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """JSON Schema of the job's output, or None when it declares none."""
+        return None if self.output_adapter is None else self.output_adapter.json_schema()
+
+
+def _summarise(exc: pydantic.ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'data'}: {err['msg']}"
+        for err in exc.errors(include_url=False)[:5]
+    )
+
+
+def introspect(
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    queue: str,
+    retry: RetryPolicy,
+    timeout: float | None,
+    priority: int | None,
+    options: dict[str, Any],
+) -> JobDefinition:
+    """Build a :class:`JobDefinition` from a function's signature and annotations.
+
+    Accepted shapes: ``fn(ctx, data: Model)``, ``fn(data: Model)``, and functions of
+    plain annotated parameters ``fn(ctx, user_id: int, note: str = "")``. A first
+    parameter annotated ``JobContext`` (or named ``ctx``) receives the context.
+    """
+    from amqp_jobs.context import JobContext  # context imports this module's users
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:  # unresolvable forward references
+        raise ConfigurationError(f"job {name!r}: cannot resolve annotations ({exc})") from None
+    params = list(inspect.signature(fn).parameters.values())
+    takes_context = bool(params) and (
+        hints.get(params[0].name) is JobContext or params[0].name in ("ctx", "context")
+    )
+    data_params = params[1:] if takes_context else params
+    for p in data_params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise ConfigurationError(f"job {name!r}: *args and **kwargs cannot be job inputs")
+
+    single = data_params[0] if len(data_params) == 1 else None
+    single_type = hints.get(single.name) if single is not None else None
+    if isinstance(single_type, type) and issubclass(single_type, pydantic.BaseModel):
+        input_model: type[pydantic.BaseModel] = single_type
+        unpack = False
+    else:
+        fields: dict[str, Any] = {}
+        for p in data_params:
+            if p.name not in hints:
+                raise ConfigurationError(
+                    f"job {name!r}: parameter {p.name!r} needs a type annotation "
+                    "(it becomes part of the job's input schema)"
+                )
+            default = ... if p.default is inspect.Parameter.empty else p.default
+            fields[p.name] = (hints[p.name], default)
+        model_name = "".join(part.title() for part in name.replace(".", "_").split("_")) + "Input"
+        input_model = pydantic.create_model(model_name, **fields)
+        unpack = True
+
+    returns = hints.get("return", inspect.Signature.empty)
+    output = None if returns in _NO_OUTPUT else pydantic.TypeAdapter(returns)
+    return JobDefinition(
+        name=name,
+        fn=fn,
+        queue=queue,
+        input_model=input_model,
+        output_adapter=output,
+        takes_context=takes_context,
+        unpack_input=unpack,
+        is_async=inspect.iscoroutinefunction(fn),
+        retry=retry,
+        timeout=timeout,
+        priority=priority,
+        options=options,
+    )
+
+
+class Job:
+    """What ``@app.job`` returns: call it directly like the function, or ``enqueue`` it."""
+
+    def __init__(self, definition: JobDefinition, enqueue: Callable[..., Any]) -> None:
+        self.definition = definition
+        self._enqueue = enqueue
+        self.__doc__ = definition.fn.__doc__
+        self.__name__ = getattr(definition.fn, "__name__", definition.name)
+
+    @property
+    def name(self) -> str:
+        """The job's name, the one publishers use."""
+        return self.definition.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.definition.fn(*args, **kwargs)
+
+    async def enqueue(self, data: Any = None, **options: Any) -> JobHandle:
+        """Publish this job; options as :meth:`amqp_jobs.app.JobApp.enqueue`."""
+        handle: JobHandle = await self._enqueue(self.definition.name, data, **options)
+        return handle
+
+    def __repr__(self) -> str:
+        return f"<Job {self.definition.name} queue={self.definition.queue}>"

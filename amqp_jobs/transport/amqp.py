@@ -1,0 +1,451 @@
+"""RabbitMQ transport on aio-pika: robust connection, confirmed publishes, batched acks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import aio_pika
+import aiormq
+import aiormq.exceptions
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from pamqp.commands import Basic
+
+from amqp_jobs.errors import (
+    ConfigurationError,
+    PublishError,
+    PublishNackedError,
+    PublishTimeoutError,
+    TransportError,
+    UnroutableError,
+)
+from amqp_jobs.topology import BindingDecl, Declaration, ExchangeDecl, QueueDecl
+from amqp_jobs.transport.base import (
+    Delivery,
+    DeliveryHandler,
+    OutgoingMessage,
+    Publication,
+    QueueReader,
+    Subscription,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+
+_PERSISTENT = 2
+
+
+@contextlib.contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Turn aio-pika / aiormq errors raised while doing ``action`` into amqp-jobs errors."""
+    try:
+        yield
+    except aiormq.exceptions.PublishError as exc:
+        raise UnroutableError(
+            f"{action}: the broker returned the message as unroutable "
+            f"({getattr(exc.frame, 'reply_text', 'NO_ROUTE')}); "
+            "declare the queue or check the route"
+        ) from None
+    except aiormq.exceptions.DeliveryError as exc:
+        raise PublishNackedError(
+            f"{action}: the broker refused the message (negative confirm); "
+            "the queue may be full (overflow reject-publish)"
+        ) from exc
+    except TimeoutError as exc:
+        raise PublishTimeoutError(
+            f"{action}: no confirm from the broker in time; the job may or may not be queued"
+        ) from exc
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise ConfigurationError(
+            f"{action}: the broker refused it ({exc}); an existing queue or exchange "
+            "was declared with other arguments: delete it or use another namespace"
+        ) from None
+    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        raise TransportError(f"{action}: {type(exc).__name__}: {exc}") from exc
+
+
+class _AckBatcher:
+    """Coalesces the acks of one channel.
+
+    Acks requested during one event-loop iteration are sent together: the longest
+    run of settled delivery tags from the oldest unsettled one goes as a single
+    ``basic.ack(multiple=True)``; settled tags behind a still-running job go singly,
+    so a long job never holds back the prefetch window.
+    """
+
+    __slots__ = ("_channel", "_flush_scheduled", "_sending", "_unsettled")
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self._channel = channel
+        self._unsettled: dict[int, bool] = {}  # delivery tag -> acked, in delivery order
+        self._flush_scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def delivered(self, tag: int) -> None:
+        self._unsettled[tag] = False
+
+    def forget(self, tag: int) -> None:
+        self._unsettled.pop(tag, None)
+
+    def ack(self, tag: int) -> None:
+        self._unsettled[tag] = True
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._channel.is_closed:
+            # The broker requeues everything unacked on a closed channel.
+            self._unsettled.clear()
+            return
+        multiple_up_to: int | None = None
+        singles: list[int] = []
+        in_prefix = True
+        for tag, acked in self._unsettled.items():
+            if not acked:
+                in_prefix = False
+            elif in_prefix:
+                multiple_up_to = tag
+            else:
+                singles.append(tag)
+        if multiple_up_to is not None:
+            for tag in list(self._unsettled):
+                if tag > multiple_up_to:
+                    break
+                del self._unsettled[tag]
+        for tag in singles:
+            del self._unsettled[tag]
+        sending = asyncio.ensure_future(self._send(multiple_up_to, singles))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
+
+    async def _send(self, multiple_up_to: int | None, singles: list[int]) -> None:
+        try:
+            if multiple_up_to is not None:
+                await self._channel.basic_ack(multiple_up_to, multiple=True, wait=False)
+            for tag in singles:
+                await self._channel.basic_ack(tag, wait=False)
+        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            # Unacked messages are redelivered by the broker; the worker counts that.
+            log.warning("could not send acks (%s); the broker will redeliver them", exc)
+
+
+class AmqpDelivery(Delivery):
+    """A delivery from a consumer channel; acks go through the channel's batcher."""
+
+    __slots__ = (
+        "_batcher",
+        "_channel",
+        "_tag",
+        "_unbatched_acks",
+        "body",
+        "content_type",
+        "headers",
+        "message_id",
+        "priority",
+        "queue",
+        "redelivered",
+        "type",
+    )
+
+    def __init__(
+        self,
+        message: AbstractIncomingMessage,
+        queue: str,
+        batcher: _AckBatcher | None,
+        unbatched_acks: list[asyncio.Future[None]] | None = None,
+    ) -> None:
+        self.body = message.body
+        self.queue = queue
+        self.message_id = message.message_id
+        self.type = message.type
+        self.content_type = message.content_type
+        self.priority = message.priority
+        self.redelivered = bool(message.redelivered)
+        self.headers = message.headers or {}
+        self._channel = message.channel
+        self._tag = message.delivery_tag or 0
+        self._batcher = batcher
+        self._unbatched_acks = unbatched_acks
+        if batcher is not None:
+            batcher.delivered(self._tag)
+
+    def ack(self) -> None:
+        if self._batcher is not None:
+            self._batcher.ack(self._tag)
+        else:
+            sent = asyncio.ensure_future(self._settle(self._channel.basic_ack(self._tag)))
+            if self._unbatched_acks is not None:
+                self._unbatched_acks.append(sent)
+
+    async def reject(self) -> None:
+        await self._settle(self._channel.basic_reject(self._tag, requeue=False))
+
+    async def requeue(self) -> None:
+        await self._settle(self._channel.basic_reject(self._tag, requeue=True))
+
+    async def _settle(self, frame_sent: Any) -> None:
+        try:
+            with translate_errors("settling a message"):
+                await frame_sent
+        finally:
+            if self._batcher is not None:
+                self._batcher.forget(self._tag)
+
+
+class AmqpSubscription(Subscription):
+    """A consumer on its own robust channel (so each queue has its own prefetch)."""
+
+    def __init__(self, channel: AbstractRobustChannel, queue: aio_pika.abc.AbstractQueue) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._tag: str | None = None
+
+    async def cancel(self) -> None:
+        if self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+            self._tag = None
+
+
+class AmqpQueueReader(QueueReader):
+    """Reads messages with basic.get; whatever is not acked returns to the queue on close."""
+
+    def __init__(self, channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
+        self._channel = channel
+        self._queue_name = queue
+        self._queue: aio_pika.abc.AbstractQueue | None = None
+        self.acks: list[asyncio.Future[None]] = []
+
+    async def get(self) -> Delivery | None:
+        """The next message, or None when the queue has no more."""
+        with translate_errors(f"reading queue {self._queue_name!r}"):
+            if self._queue is None:
+                self._queue = await self._channel.get_queue(self._queue_name, ensure=True)
+            message = await self._queue.get(no_ack=False, fail=False)
+        if message is None:
+            return None
+        return AmqpDelivery(message, self._queue_name, None, self.acks)
+
+
+class AmqpTransport(Transport):
+    """:class:`Transport` over one robust aio-pika connection.
+
+    Publishes go through one confirm channel; each consumed queue gets its own
+    channel. The connection reconnects by itself with ``reconnect_interval``; during
+    an outage publishes fail after their timeout instead of hanging.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connection_name: str = "amqp-jobs",
+        reconnect_interval: float = 1.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._connection_name = connection_name
+        self._reconnect_interval = reconnect_interval
+        self._connect_timeout = connect_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._declared: set[tuple[str, str, str]] = set()
+        self._connect_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self._connection is not None:
+                return
+            with translate_errors(f"connecting to {self._safe_url()}"):
+                connection = await aio_pika.connect_robust(
+                    self.url,
+                    client_properties={"connection_name": self._connection_name},
+                    reconnect_interval=self._reconnect_interval,
+                    timeout=self._connect_timeout,
+                )
+                self._publish_channel = await connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+            self._connection = connection
+
+    def _safe_url(self) -> str:
+        head, _, tail = self.url.rpartition("@")
+        return f"{head.split('//')[0]}//***@{tail}" if head else self.url
+
+    def _require(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise TransportError("the transport is not connected; call connect() first")
+        return self._connection
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await asyncio.sleep(0)  # let scheduled ack flushes run
+            with contextlib.suppress(Exception):
+                await connection.close()
+        self._declared.clear()
+
+    @contextlib.asynccontextmanager
+    async def _admin_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        # A fresh channel: a refused declaration closes the channel it was made on.
+        channel = await self._require().channel(publisher_confirms=False)
+        try:
+            yield await channel.get_underlay_channel()
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def declare(self, declarations: Iterable[Declaration]) -> None:
+        pending = [d for d in declarations if _declaration_key(d) not in self._declared]
+        if not pending:
+            return
+        async with self._admin_channel() as channel:
+            for declaration in pending:
+                with translate_errors(f"declaring {declaration}"):
+                    await _declare_one(channel, declaration)
+                self._declared.add(_declaration_key(declaration))
+
+    async def delete(self, declarations: Iterable[Declaration]) -> None:
+        async with self._admin_channel() as channel:
+            for declaration in declarations:
+                with contextlib.suppress(Exception):
+                    if isinstance(declaration, QueueDecl):
+                        await channel.queue_delete(declaration.name)
+                    elif isinstance(declaration, ExchangeDecl):
+                        await channel.exchange_delete(declaration.name)
+                self._declared.discard(_declaration_key(declaration))
+
+    async def publish(
+        self, message: OutgoingMessage, exchange: str, routing_key: str, *, timeout: float
+    ) -> None:
+        if self._publish_channel is None:
+            raise TransportError("the transport is not connected; call connect() first")
+        with translate_errors(f"publishing job {message.message_id} ({message.type})"):
+            async with asyncio.timeout(timeout):
+                channel = await self._publish_channel.get_underlay_channel()
+                await channel.basic_publish(
+                    message.body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=_properties(message),
+                    mandatory=True,
+                )
+
+    async def publish_many(
+        self, publications: Iterable[Publication], *, timeout: float, window: int = 500
+    ) -> list[BaseException | None]:
+        in_flight = asyncio.Semaphore(window)
+
+        async def one(publication: Publication) -> BaseException | None:
+            async with in_flight:
+                try:
+                    await self.publish(
+                        publication.message,
+                        publication.exchange,
+                        publication.routing_key,
+                        timeout=timeout,
+                    )
+                except PublishError as exc:
+                    return exc
+                return None
+
+        return list(await asyncio.gather(*(one(p) for p in publications)))
+
+    async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> Subscription:
+        connection = self._require()
+        with translate_errors(f"consuming {queue!r}"):
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            amqp_queue = await channel.get_queue(queue, ensure=True)
+        batchers: dict[int, _AckBatcher] = {}
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            underlying = message.channel
+            batcher = batchers.get(id(underlying))
+            if batcher is None:  # first message, or first after a reconnect
+                batchers.clear()
+                batcher = batchers[id(underlying)] = _AckBatcher(underlying)
+            await handler(AmqpDelivery(message, queue, batcher))
+
+        subscription = AmqpSubscription(channel, amqp_queue)
+        with translate_errors(f"consuming {queue!r}"):
+            subscription._tag = await amqp_queue.consume(on_message)
+        return subscription
+
+    @contextlib.asynccontextmanager
+    async def reader(self, queue: str) -> AsyncIterator[QueueReader]:
+        """A reader on its own channel; unacked messages go back when it closes."""
+        channel = await self._require().channel(publisher_confirms=False)
+        reader = AmqpQueueReader(channel, queue)
+        try:
+            yield reader
+        finally:
+            # Acks must reach the broker before the close returns the rest to the queue.
+            await asyncio.gather(*reader.acks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def purge(self, queue: str) -> int:
+        async with self._admin_channel() as channel:
+            with translate_errors(f"purging {queue!r}"):
+                result = await channel.queue_purge(queue)
+        return int(result.message_count or 0)
+
+    async def message_count(self, queue: str) -> int:
+        async with self._admin_channel() as channel:
+            with translate_errors(f"inspecting {queue!r}"):
+                result = await channel.queue_declare(queue, passive=True)
+        return int(result.message_count or 0)
+
+
+def _properties(message: OutgoingMessage) -> Basic.Properties:
+    return Basic.Properties(
+        content_type=message.content_type,
+        delivery_mode=_PERSISTENT,
+        priority=message.priority,
+        message_id=message.message_id,
+        message_type=message.type,
+        app_id=message.app_id,
+        correlation_id=message.correlation_id,
+        headers=message.headers or None,
+    )
+
+
+def _declaration_key(declaration: Declaration) -> tuple[str, str, str]:
+    if isinstance(declaration, BindingDecl):
+        return (
+            "binding",
+            f"{declaration.source}>{declaration.destination}",
+            declaration.routing_key,
+        )
+    kind = "queue" if isinstance(declaration, QueueDecl) else "exchange"
+    return (kind, declaration.name, "")
+
+
+async def _declare_one(channel: aiormq.abc.AbstractChannel, declaration: Declaration) -> None:
+    if isinstance(declaration, ExchangeDecl):
+        await channel.exchange_declare(
+            declaration.name,
+            exchange_type=declaration.type,
+            durable=True,
+            arguments=dict(declaration.arguments),
+        )
+    elif isinstance(declaration, QueueDecl):
+        await channel.queue_declare(
+            declaration.name, durable=True, arguments=dict(declaration.arguments)
+        )
+    elif declaration.to_exchange:
+        await channel.exchange_bind(
+            destination=declaration.destination,
+            source=declaration.source,
+            routing_key=declaration.routing_key,
+        )
+    else:
+        await channel.queue_bind(
+            declaration.destination, declaration.source, routing_key=declaration.routing_key
+        )

@@ -1,0 +1,429 @@
+"""The worker: consume job messages, run them, and settle each message exactly once.
+
+A message is acknowledged only after its outcome is settled: the job succeeded, or
+its retry was published (confirmed) into the delay levels, or it was published
+(confirmed) to the dead-letter queue with its reason. Anything else leaves the
+message unacknowledged, so the broker gives it to another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from amqp_jobs.context import JobContext
+from amqp_jobs.envelope import CONTENT_TYPE, MAX_BODY_BYTES, Envelope, decode
+from amqp_jobs.errors import EnvelopeError, JobTimeoutError, PublishError, TransportError
+from amqp_jobs.errors import ValidationError as JobValidationError
+from amqp_jobs.jobs import JobDefinition
+from amqp_jobs.transport.base import Delivery, OutgoingMessage, Subscription
+
+if TYPE_CHECKING:
+    from amqp_jobs.app import JobApp
+
+log = logging.getLogger(__name__)
+
+DEAD_REASON_HEADER = "x-amqp-jobs-reason"
+DEAD_QUEUE_HEADER = "x-amqp-jobs-queue"
+DEAD_AT_HEADER = "x-amqp-jobs-dead-at"
+DEAD_ERROR_HEADER = "x-amqp-jobs-error"
+DEAD_ATTEMPTS_HEADER = "x-amqp-jobs-attempts"
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters of what a worker did since it started."""
+
+    succeeded: int = 0
+    retried: int = 0
+    dead: int = 0
+    handed_back: int = 0
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``, unique across a fleet."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Runs the jobs of one app from the given queues.
+
+    ``concurrency`` is the number of jobs running at once in this process; the
+    broker's prefetch is sized to it (``prefetch`` overrides, per queue). Sync job
+    functions run in a thread pool of ``concurrency`` threads.
+    """
+
+    def __init__(
+        self,
+        app: JobApp,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 64,
+        prefetch: int | None = None,
+        grace_period: float = 30.0,
+        worker_id: str | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self.app = app
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.prefetch = prefetch or concurrency
+        self.grace_period = grace_period
+        self.worker_id = worker_id or default_worker_id()
+        self.max_body_bytes = max_body_bytes
+        self.stats = WorkerStats()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._subscriptions: list[Subscription] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._resources: dict[str, Any] = {}
+        self._stopping = False
+        self._stop_requested = asyncio.Event()
+
+    # --- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, declare the queues, run start-up hooks and begin consuming."""
+        await self.app.connect()
+        for queue in self.queues:
+            await self.app.client.ensure_queue(queue)
+        self._resources = await self.app.run_startup()
+        for hook in self.app.middleware.hooks("after_worker_start"):
+            await hook(self)
+        topology = self.app.topology
+        for queue in self.queues:
+            self._subscriptions.append(
+                await self.app.transport.consume(
+                    topology.queue_name(queue), self._on_delivery, prefetch=self.prefetch
+                )
+            )
+        log.info("worker %s consuming %s", self.worker_id, ", ".join(self.queues))
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to shut down gracefully (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    async def stop(self, grace_period: float | None = None) -> None:
+        """Stop consuming, let running jobs finish for the grace period, hand back the rest.
+
+        Jobs still running after the grace period are cancelled and their messages
+        returned to the queue unacknowledged; messages not yet started are handed
+        back unchanged. Nothing is lost and nothing is acknowledged half-run.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.grace_period if grace_period is None else grace_period
+        for hook in self.app.middleware.hooks("before_worker_stop"):
+            await hook(self)
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        self._subscriptions.clear()
+        if self._in_flight:
+            _, unfinished = await asyncio.wait(set(self._in_flight), timeout=grace)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                log.warning(
+                    "handing back %d jobs still running after %.1fs", len(unfinished), grace
+                )
+                await asyncio.wait(unfinished, timeout=10)
+        await self.app.run_shutdown(self._resources)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.sleep(0)  # let the last batched acks go out
+        log.info("worker %s stopped: %s", self.worker_id, self.stats)
+
+    async def run(self) -> None:
+        """Start, run until SIGTERM/SIGINT (or :meth:`request_stop`), then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    # --- one message -------------------------------------------------------------------
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            async with self._slots:
+                if self._stopping:
+                    await self._hand_back(delivery)
+                else:
+                    await self._process(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Settling failed (e.g. the broker went away mid-way). Give the message back;
+            # if even that fails, the broker redelivers it when the channel closes.
+            log.exception("could not settle message %s; returning it", delivery.message_id)
+            with contextlib.suppress(Exception):
+                await delivery.requeue()
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _process(self, delivery: Delivery) -> None:
+        if delivery.content_type != CONTENT_TYPE:
+            await self._dead_letter(
+                delivery,
+                f"wrong content type {delivery.content_type!r}; expected {CONTENT_TYPE!r}",
+            )
+            return
+        try:
+            envelope = decode(delivery.body, max_bytes=self.max_body_bytes)
+        except EnvelopeError as exc:
+            await self._dead_letter(delivery, str(exc))
+            return
+        definition = self.app.registry.get(envelope.job)
+        if definition is None:
+            await self._dead_letter(
+                delivery,
+                f"unknown job {envelope.job!r}: no job of that name is registered in this worker",
+                envelope,
+            )
+            return
+        if delivery.redelivered:
+            await self._count_interrupted_attempt(delivery, envelope, definition)
+            return
+        if envelope.expires_at is not None and time.time() > envelope.expires_at:
+            await self._dead_letter(delivery, "expired before it could start", envelope)
+            return
+        try:
+            data = definition.validate_input(envelope.data)
+        except JobValidationError as exc:
+            await self._dead_letter(delivery, str(exc), envelope, error_type="ValidationError")
+            return
+        await self._run(delivery, envelope, definition, data)
+
+    async def _run(
+        self, delivery: Delivery, envelope: Envelope, definition: JobDefinition, data: Any
+    ) -> None:
+        ctx = JobContext(
+            envelope,
+            definition,
+            client=self.app.client,
+            resources=self._resources,
+            worker_id=self.worker_id,
+        )
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            for before in self.app.middleware.hooks("before_process"):
+                await before(ctx)
+            result = definition.validate_output(await self._call(definition, ctx, data))
+        except asyncio.CancelledError:
+            # Only stop() cancels a job: give its message back, unacknowledged.
+            await delivery.requeue()
+            self.stats.handed_back += 1
+            raise
+        except Exception as exc:
+            error = exc
+        for after in self.app.middleware.hooks("after_process", reverse=True):
+            await after(ctx, result, error)
+        if error is None:
+            delivery.ack()
+            self.stats.succeeded += 1
+        else:
+            await self._failed(delivery, ctx, error)
+
+    async def _call(self, definition: JobDefinition, ctx: JobContext, data: Any) -> Any:
+        args: list[Any] = [ctx] if definition.takes_context else []
+        kwargs: dict[str, Any] = {}
+        if definition.unpack_input:
+            kwargs = {name: getattr(data, name) for name in type(data).model_fields}
+        else:
+            args.append(data)
+        if definition.is_async:
+            call = definition.fn(*args, **kwargs)
+        else:
+            call = asyncio.get_running_loop().run_in_executor(
+                self._thread_pool(),
+                functools.partial(contextvars.copy_context().run, definition.fn, *args, **kwargs),
+            )
+        if definition.timeout is None:
+            return await call
+        deadline = asyncio.timeout(definition.timeout)
+        try:
+            async with deadline:
+                return await call
+        except TimeoutError:
+            if deadline.expired():
+                raise JobTimeoutError(
+                    f"job {definition.name!r} ran longer than its time limit of "
+                    f"{definition.timeout}s and was cancelled"
+                ) from None
+            raise
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="amqp-jobs-sync"
+            )
+        return self._executor
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    async def _failed(self, delivery: Delivery, ctx: JobContext, error: BaseException) -> None:
+        envelope, policy = ctx.envelope, ctx.definition.retry
+        error_type = type(error).__name__
+        if not isinstance(error, JobValidationError) and policy.should_retry(
+            error, envelope.attempt
+        ):
+            delay = policy.delay_after(envelope.attempt, error)
+            log.info(
+                "job %s (%s) attempt %d failed with %s; retrying in %.3fs",
+                envelope.id,
+                envelope.job,
+                envelope.attempt,
+                error_type,
+                delay,
+            )
+            await self._republish(delivery, envelope.next_attempt(not_before=time.time() + delay))
+            self.stats.retried += 1
+            for hook in self.app.middleware.hooks("after_retry_scheduled"):
+                await hook(ctx, error, delay)
+            return
+        if isinstance(error, JobValidationError) or envelope.attempt >= policy.max_attempts:
+            why = f"failed on attempt {envelope.attempt} of {policy.max_attempts}"
+        else:
+            why = f"failed with an error that is not retried (attempt {envelope.attempt})"
+        await self._dead_letter(
+            delivery, f"{why}: {error_type}: {error}", envelope, error_type=error_type
+        )
+
+    async def _count_interrupted_attempt(
+        self, delivery: Delivery, envelope: Envelope, definition: JobDefinition
+    ) -> None:
+        """A redelivered message: its worker died or lost the broker during that attempt.
+
+        The envelope is immutable on the broker, so the count is kept by publishing a
+        copy with ``attempt + 1`` (after the policy's backoff) and acking the original;
+        a job that kills its worker every time thus ends in the dead-letter queue.
+        """
+        policy = definition.retry
+        if envelope.attempt >= policy.max_attempts:
+            await self._dead_letter(
+                delivery,
+                f"redelivered after attempt {envelope.attempt} of {policy.max_attempts} was "
+                "interrupted (its worker died or lost the broker); no attempts left",
+                envelope,
+                error_type="WorkerLost",
+            )
+            return
+        delay = policy.delay_after(envelope.attempt)
+        log.warning(
+            "job %s (%s) was redelivered: attempt %d counts as failed; next in %.3fs",
+            envelope.id,
+            envelope.job,
+            envelope.attempt,
+            delay,
+        )
+        await self._republish(delivery, envelope.next_attempt(not_before=time.time() + delay))
+        self.stats.retried += 1
+
+    async def _republish(self, delivery: Delivery, envelope: Envelope) -> None:
+        publication = self.app.client.publication(envelope)
+        await self._publish_then_ack(
+            delivery, publication.message, publication.exchange, publication.routing_key
+        )
+
+    async def _hand_back(self, delivery: Delivery) -> None:
+        """Return a message that never started, unchanged, so it does not count as an attempt."""
+        message = OutgoingMessage(
+            body=delivery.body,
+            message_id=delivery.message_id or "",
+            type=delivery.type or "",
+            content_type=delivery.content_type or "",
+            priority=delivery.priority,
+            headers=dict(delivery.headers),
+        )
+        await self._publish_then_ack(delivery, message, "", delivery.queue)
+        self.stats.handed_back += 1
+
+    async def _dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        envelope: Envelope | None = None,
+        *,
+        error_type: str | None = None,
+    ) -> None:
+        """Publish the original body to the dead-letter queue with the reason, then ack.
+
+        If that publish fails the message is rejected instead, so the broker
+        dead-letters it through the queue's DLX (the reason is then only in the log).
+        """
+        log.warning("dead-lettering message %s: %s", delivery.message_id, reason)
+        headers: dict[str, Any] = {
+            DEAD_REASON_HEADER: reason[:2000],
+            DEAD_QUEUE_HEADER: delivery.queue,
+            DEAD_AT_HEADER: time.time(),
+            "x-amqp-jobs-worker": self.worker_id,
+        }
+        if envelope is not None:
+            headers[DEAD_ATTEMPTS_HEADER] = envelope.attempt
+        if error_type is not None:
+            headers[DEAD_ERROR_HEADER] = error_type
+        message = OutgoingMessage(
+            body=delivery.body,
+            message_id=delivery.message_id or (envelope.id if envelope else ""),
+            type=envelope.job if envelope else "",
+            content_type=delivery.content_type or "application/octet-stream",
+            priority=delivery.priority,
+            headers=headers,
+        )
+        try:
+            await self._publish_then_ack(
+                delivery, message, self.app.topology.dead_letter_exchange, "", requeue=False
+            )
+        except TransportError:
+            await delivery.reject()
+        self.stats.dead += 1
+        for hook in self.app.middleware.hooks("after_dead_letter"):
+            await hook(envelope, reason)
+
+    async def _publish_then_ack(
+        self,
+        delivery: Delivery,
+        message: OutgoingMessage,
+        exchange: str,
+        routing_key: str,
+        *,
+        requeue: bool = True,
+    ) -> None:
+        try:
+            await self.app.transport.publish(
+                message, exchange, routing_key, timeout=self.app.publish_timeout
+            )
+        except PublishError:
+            if not requeue:
+                raise
+            log.exception("could not republish %s; returning it to the queue", message.message_id)
+            await delivery.requeue()
+            return
+        delivery.ack()

@@ -1,0 +1,23 @@
+"""The result of routing: where one job goes, and which rule sent it there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where to publish a job: exchange ("" is the AMQP default), key, logical queue, priority."""
+
+    exchange: str
+    routing_key: str
+    queue: str
+    priority: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """A route and the name of the rule that chose it (None when the defaults applied)."""
+
+    route: Route
+    rule: str | None

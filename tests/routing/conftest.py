@@ -1,0 +1,44 @@
+"""Shared fixtures for the routing tests."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The editable install was made while routing/ was still empty, so it registered `routing`
+# as a namespace package and `import routing` would skip routing/__init__.py. Putting the
+# repository root first lets the real package win; re-running `pip install -e .` makes
+# this unnecessary.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+EXAMPLE_POLICY = REPO_ROOT / "routing" / "examples" / "routes.toml"
+
+_BASE_POLICY: dict[str, Any] = {
+    "attributes": ["isolation", "region"],
+    "tiers": {
+        "free": {"priority": 1},
+        "pro": {"priority": 5},
+        "enterprise": {"priority": 9, "queue": "enterprise", "weight": 5},
+    },
+    "queues": {
+        "default": {"max_priority": 10},
+        "enterprise": {"max_priority": 10},
+        "reports": {"max_priority": 10},
+        "beta": {"max_priority": 10},
+        "tenant.{tenant}": {"max_length": 10000, "overflow": "reject-publish"},
+    },
+    "exchanges": {"beta": {"type": "direct", "bindings": [{"queue": "beta"}]}},
+    "rules": [],
+}
+
+
+@pytest.fixture
+def policy_data() -> dict[str, Any]:
+    """A fresh, valid policy (three tiers, a few queues, no rules) for a test to extend."""
+    return copy.deepcopy(_BASE_POLICY)
