@@ -47,6 +47,8 @@ class JobDefinition:
             return data
         if isinstance(data, pydantic.BaseModel):
             data = data.model_dump()
+        if data is None and self.unpack_input:
+            data = {}  # a job of plain parameters, all defaulted (or none)
         try:
             return self.input_model.model_validate(data)
         except pydantic.ValidationError as exc:

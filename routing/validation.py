@@ -211,10 +211,9 @@ def _priority_problems(
         return
     max_priority = model.queues[plan.queue.text].max_priority
     if plan.priority > max_priority:
-        who = f"rule {plan.rule!r}" if plan.rule else "the defaults"
-        users = f" tier {tier_name!r} users" if tier_name is not None else ""
+        users = f"tier {tier_name!r} users get " if tier_name is not None else ""
         yield (
-            f"{who} gives{users} priority {plan.priority} (from {plan.sources['priority']}) "
+            f"{_who(plan)}: {users}priority {plan.priority} (from {plan.sources['priority']}) "
             f"on queue {plan.queue.text!r} (from {plan.sources['queue']}), above that "
             f"queue's max_priority {max_priority}; lower the priority or raise max_priority"
         )
@@ -225,7 +224,7 @@ def _delivery_problems(model: PolicyModel, plan: RoutePlan) -> Iterator[str]:
         return  # the job's own queue is only known when it is published
     queue = plan.queue.text
     key = plan.routing_key.text if plan.routing_key is not None else queue
-    who = f"rule {plan.rule!r}" if plan.rule else "the defaults"
+    who = _who(plan)
     if not plan.exchange:
         if key != queue:
             yield f"{who} routes through the default exchange with routing key {key!r} to " \
@@ -238,17 +237,20 @@ def _delivery_problems(model: PolicyModel, plan: RoutePlan) -> Iterator[str]:
               f"{queue!r}; add one under [exchanges.{plan.exchange}]"
 
 
+def _who(plan: RoutePlan) -> str:
+    return f"rule {plan.rule!r}" if plan.rule else "defaults (no rule matched)"
+
+
 def _exchange_delivers(model: PolicyModel, exchange_name: str, key: str, queue: str) -> bool:
     exchange = model.exchanges[exchange_name]
     for binding in exchange.bindings:
         if binding.queue != queue:
             continue
         binding_key = binding.routing_key or binding.queue
-        if exchange.type == "fanout" or binding_key == key:
+        # A templated key is only known per user, so any binding to the queue may deliver it.
+        if exchange.type == "fanout" or binding_key == key or not Template.parse(key).is_static:
             return True
-        if exchange.type == "topic" and Template.parse(key).is_static and topic_matches(
-            binding_key, key
-        ):
+        if exchange.type == "topic" and topic_matches(binding_key, key):
             return True
     return False
 
