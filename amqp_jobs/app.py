@@ -277,6 +277,7 @@ class QueueClient:
         )
 
     async def size(self) -> int:
-        """Number of jobs ready in this queue."""
+        """Number of jobs ready in this queue (declaring it if it does not exist yet)."""
         await self.app.connect()
+        await self.app.client.ensure_queue(self.name)
         return await self.app.transport.message_count(self.app.topology.queue_name(self.name))

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from routing.compiled import CompiledRule, RoutePlan, plan_route
-from routing.conditions import Labels, MatchSpec, User, compile_conditions
+from routing.conditions import MatchSpec, User, compile_conditions
 from routing.declarations import BindingDecl, ExchangeDecl, QueueDecl, TenantQueuePattern, Topology
 from routing.errors import PolicyError, RouteError
 from routing.loading import model_from_dict, read_policy_file
@@ -62,7 +62,11 @@ class Policy:
     # --- routing (the hot path) --------------------------------------------------------------
 
     def decide(
-        self, job: str, queue: str, user: User, labels: Labels = None
+        self,
+        job: str,
+        queue: str,
+        user: Mapping[str, Any] | None,
+        labels: Mapping[str, str] | None = None,
     ) -> RouteDecision:
         """Route `job` (declared on `queue`) for `user` (None: anonymous); say which rule won.
 
@@ -76,11 +80,23 @@ class Policy:
                 return rule.plans[self._tier_of(user)].decide(queue, user)
         raise AssertionError("unreachable: the compiled defaults match everything")
 
-    def route(self, job: str, queue: str, user: User, labels: Labels = None) -> Route:
+    def route(
+        self,
+        job: str,
+        queue: str,
+        user: Mapping[str, Any] | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Route:
         """The route `decide` would choose."""
         return self.decide(job, queue, user, labels).route
 
-    def explain(self, job: str, queue: str, user: User, labels: Labels = None) -> str:
+    def explain(
+        self,
+        job: str,
+        queue: str,
+        user: Mapping[str, Any] | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
         """Say in words which route applies, which rule chose it and why earlier ones didn't."""
         lines = [f"job {job!r} on queue {queue!r} for {self._describe_user(user)}:"]
         for rule in self._rules:

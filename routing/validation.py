@@ -76,8 +76,10 @@ def _rule_name_problems(model: PolicyModel) -> Iterator[str]:
     seen: set[str] = set()
     for position, rule in enumerate(model.rules):
         if rule.name in seen:
-            yield f"rule {rule.name!r} (rules[{position}]): the name is already used by an " \
-                  "earlier rule; rule names must be unique"
+            yield (
+                f"rule {rule.name!r} (rules[{position}]): the name is already used by an "
+                "earlier rule; rule names must be unique"
+            )
         seen.add(rule.name)
 
 
@@ -87,10 +89,9 @@ def _queue_declaration_problems(model: PolicyModel) -> Iterator[str]:
         if not name or name.startswith(_RESERVED_PREFIX):
             yield f"{where}: queue names must be non-empty and not start with 'amq.'"
         problem = _template_problem(model, where, "the name", name)
-        placeholders = Template.parse(name).placeholders if problem is None else frozenset()
         if problem is not None:
             yield problem
-        elif placeholders and "tenant" not in placeholders:
+        elif _placeholders(name) and "tenant" not in _placeholders(name):
             yield f"{where}: a queue template must contain {{tenant}}, it is a per-tenant queue"
         if queue.overflow is not None and queue.max_length is None:
             yield f"{where}: overflow {queue.overflow!r} needs max_length to be set"
@@ -113,18 +114,20 @@ def _exchange_declaration_problems(model: PolicyModel) -> Iterator[str]:
             problem = _template_problem(model, bound, "routing_key", binding.routing_key)
             if problem is not None:
                 yield problem
-            elif not Template.parse(binding.routing_key).placeholders <= (
-                Template.parse(binding.queue).placeholders
-            ):
-                yield f"{bound}: routing_key {binding.routing_key!r} uses placeholders " \
-                      "its queue name does not, so it could not be filled in per tenant"
+            elif not _placeholders(binding.routing_key) <= _placeholders(binding.queue):
+                yield (
+                    f"{bound}: routing_key {binding.routing_key!r} uses placeholders "
+                    "its queue name does not, so it could not be filled in per tenant"
+                )
 
 
 def _tier_problems(model: PolicyModel) -> Iterator[str]:
     for name, tier in model.tiers.items():
         if tier.weight is not None and tier.queue is None:
-            yield f"tier {name!r}: weight is the consumption weight of the tier's queue, " \
-                  "so it needs `queue` to be set"
+            yield (
+                f"tier {name!r}: weight is the consumption weight of the tier's queue, "
+                "so it needs `queue` to be set"
+            )
     for queue_name, tier_names in tiers_naming_queue(model).items():
         queue = model.queues.get(queue_name)
         weights = {
@@ -133,8 +136,10 @@ def _tier_problems(model: PolicyModel) -> Iterator[str]:
         if queue is not None and queue.weight is not None:
             weights.add(queue.weight)
         if len(weights) > 1:
-            yield f"queue {queue_name!r}: its tiers and declaration give different weights " \
-                  f"{sorted(weights)}; set the weight in one place"
+            yield (
+                f"queue {queue_name!r}: its tiers and declaration give different weights "
+                f"{sorted(weights)}; set the weight in one place"
+            )
 
 
 def _match_problems(model: PolicyModel) -> Iterator[str]:
@@ -146,8 +151,10 @@ def _match_problems(model: PolicyModel) -> Iterator[str]:
                 yield f"{where}: match.tier {tier!r} is not declared in [tiers]"
         for name in rule.match.attributes:
             if name not in declared:
-                yield f"{where}: match.attributes.{name} names an undeclared user attribute; " \
-                      f"add {name!r} to the policy's `attributes` list or fix the name"
+                yield (
+                    f"{where}: match.attributes.{name} names an undeclared user attribute; "
+                    f"add {name!r} to the policy's `attributes` list or fix the name"
+                )
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -168,15 +175,19 @@ def _route_sources(model: PolicyModel) -> Iterator[tuple[str, RouteModel]]:
 
 def _route_reference_problems(model: PolicyModel, where: str, route: RouteModel) -> Iterator[str]:
     if route.exchange and route.exchange not in model.exchanges:
-        yield f"{where}: exchange {route.exchange!r} is not declared in [exchanges] " \
-              '(use "" for the default exchange)'
+        yield (
+            f"{where}: exchange {route.exchange!r} is not declared in [exchanges] "
+            '(use "" for the default exchange)'
+        )
     if route.queue is not None:
         problem = _template_problem(model, where, "queue", route.queue)
         if problem is not None:
             yield problem
         elif route.queue not in model.queues:
-            yield f"{where}: queue {route.queue!r} is not declared in [queues]; every queue " \
-                  "a rule, tier or the defaults route to must be declared (templates too)"
+            yield (
+                f"{where}: queue {route.queue!r} is not declared in [queues]; every queue "
+                "a rule, tier or the defaults route to must be declared (templates too)"
+            )
     if route.routing_key is not None:
         problem = _template_problem(model, where, "routing_key", route.routing_key)
         if problem is not None:
@@ -191,9 +202,19 @@ def _template_problem(model: PolicyModel, where: str, field: str, text: str) -> 
     unknown = sorted(template.placeholders - known_attributes(model))
     if unknown:
         known = ", ".join(sorted(known_attributes(model)))
-        return f"{where}: {field} {text!r} uses placeholder {{{unknown[0]}}}, which is not a " \
-               f"known user attribute (known: {known}; declare others in `attributes`)"
+        return (
+            f"{where}: {field} {text!r} uses placeholder {{{unknown[0]}}}, which is not a "
+            f"known user attribute (known: {known}; declare others in `attributes`)"
+        )
     return None
+
+
+def _placeholders(text: str) -> frozenset[str]:
+    """The placeholders of a template; none for a malformed one (reported elsewhere)."""
+    try:
+        return Template.parse(text).placeholders
+    except TemplateSyntaxError:
+        return frozenset()
 
 
 def _reachable_tiers(model: PolicyModel, spec: MatchSpec) -> list[str | None]:
@@ -227,14 +248,18 @@ def _delivery_problems(model: PolicyModel, plan: RoutePlan) -> Iterator[str]:
     who = _who(plan)
     if not plan.exchange:
         if key != queue:
-            yield f"{who} routes through the default exchange with routing key {key!r} to " \
-                  f"queue {queue!r}, but the default exchange delivers by queue name; " \
-                  "leave routing_key unset or name a declared exchange"
+            yield (
+                f"{who} routes through the default exchange with routing key {key!r} to "
+                f"queue {queue!r}, but the default exchange delivers by queue name; "
+                "leave routing_key unset or name a declared exchange"
+            )
         return
     if not _exchange_delivers(model, plan.exchange, key, queue):
-        yield f"{who} publishes to exchange {plan.exchange!r} with routing key {key!r} for " \
-              f"queue {queue!r}, but no binding of {plan.exchange!r} delivers that key to " \
-              f"{queue!r}; add one under [exchanges.{plan.exchange}]"
+        yield (
+            f"{who} publishes to exchange {plan.exchange!r} with routing key {key!r} for "
+            f"queue {queue!r}, but no binding of {plan.exchange!r} delivers that key to "
+            f"{queue!r}; add one under [exchanges.{plan.exchange}]"
+        )
 
 
 def _who(plan: RoutePlan) -> str:

@@ -7,6 +7,8 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -48,3 +50,13 @@ def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
             pytest.fail("rabbitmqctl is needed for this test")
         pytest.skip("rabbitmqctl is not available (the broker is not local)")
     return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=120)
+
+
+def start_worker_process(namespace: str, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``amqp-jobs worker tests.apps.fleet:app`` in its own process."""
+    env = {**os.environ, "AMQP_JOBS_TEST_NAMESPACE": namespace}
+    return subprocess.Popen(
+        [sys.executable, "-m", "amqp_jobs.cli", "worker", "tests.apps.fleet:app", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )

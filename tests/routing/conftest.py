@@ -39,6 +39,18 @@ _BASE_POLICY: dict[str, Any] = {
 
 
 @pytest.fixture
+def repo_root() -> Path:
+    """The repository checkout the tests run from."""
+    return REPO_ROOT
+
+
+@pytest.fixture
+def example_policy_path() -> Path:
+    """The example policy shipped with the package."""
+    return EXAMPLE_POLICY
+
+
+@pytest.fixture
 def policy_data() -> dict[str, Any]:
     """A fresh, valid policy (three tiers, a few queues, no rules) for a test to extend."""
     return copy.deepcopy(_BASE_POLICY)

@@ -148,7 +148,7 @@ def test_queue_templates_are_filled_from_user_attributes(policy_data: dict[str, 
          "route": {"queue": "tenant.{tenant}"}}
     ]
     policy = Policy.from_dict(policy_data)
-    user = {"tier": "pro", "tenant": "acme-42", "isolation": "dedicated"}
+    user: dict[str, object] = {"tier": "pro", "tenant": "acme-42", "isolation": "dedicated"}
     assert policy.route("x", "default", user) == Route("", "tenant.acme-42", "tenant.acme-42", 5)
     # Integer attribute values are fine too
     user["tenant"] = 42

@@ -82,7 +82,9 @@ def test_tier_priority_check_only_covers_the_tiers_a_rule_can_match(
     policy_data: dict[str, Any],
 ) -> None:
     policy_data["queues"]["low"] = {"max_priority": 3}
-    policy_data["rules"] = [{"name": "free-bulk", "match": {"tier": "free"}, "route": {"queue": "low"}}]
+    policy_data["rules"] = [
+        {"name": "free-bulk", "match": {"tier": "free"}, "route": {"queue": "low"}}
+    ]
     assert Policy.from_dict(policy_data).route("x", "default", {"tier": "free"}).queue == "low"
 
 
@@ -146,7 +148,9 @@ def test_topic_binding_patterns_are_understood(policy_data: dict[str, Any]) -> N
          "route": {"exchange": "events", "queue": "reports", "routing_key": "report.daily.eu"}}
     ]
     route = Policy.from_dict(policy_data).route("report.daily", "default", None)
-    assert (route.exchange, route.routing_key, route.queue) == ("events", "report.daily.eu", "reports")
+    assert (route.exchange, route.routing_key, route.queue) == (
+        "events", "report.daily.eu", "reports"
+    )
 
 
 def test_default_exchange_with_a_foreign_routing_key_is_refused(
@@ -198,6 +202,12 @@ def test_malformed_templates_are_refused(policy_data: dict[str, Any]) -> None:
     assert "rule 'keyed': routing_key: 'k.{0}'" in message
 
 
+def test_binding_key_template_needs_a_template_queue(policy_data: dict[str, Any]) -> None:
+    policy_data["exchanges"]["beta"]["bindings"] = [{"queue": "beta", "routing_key": "b.{tenant}"}]
+    message = load_error(policy_data)
+    assert "binding to 'beta': routing_key 'b.{tenant}' uses placeholders" in message
+
+
 def test_queue_template_must_be_per_tenant(policy_data: dict[str, Any]) -> None:
     policy_data["queues"]["region.{region}"] = {}
     message = load_error(policy_data)
@@ -220,7 +230,8 @@ def test_a_rule_narrower_than_an_earlier_one_is_shadowed(policy_data: dict[str, 
     # Given {tier: pro} before {tier: pro, tenant: acme}
     policy_data["rules"] = [
         {"name": "pro", "match": {"tier": "pro"}, "route": {"queue": "reports"}},
-        {"name": "pro-acme", "match": {"tier": "pro", "tenant": "acme"}, "route": {"queue": "beta"}},
+        {"name": "pro-acme", "match": {"tier": "pro", "tenant": "acme"},
+         "route": {"queue": "beta", "exchange": "beta"}},
     ]
     message = load_error(policy_data)
     assert "rule 'pro-acme' can never match: the earlier rule 'pro'" in message
