@@ -9,10 +9,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import pydantic
-import tenacity
 
 from amqp_jobs.envelope import CONTENT_TYPE, Envelope, encode
-from amqp_jobs.errors import ConfigurationError, PublishError, TransportError
+from amqp_jobs.errors import ConfigurationError, PublishError
 from amqp_jobs.jobs import JobDefinition
 from amqp_jobs.middleware import MiddlewareStack
 from amqp_jobs.topology import Topology
@@ -178,19 +177,12 @@ class Client:
         """
         await self.ensure_queue(envelope.queue)
         publication = self.publication(envelope)
-        async for attempt in tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_delay(self.publish_timeout),
-            wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
-            retry=tenacity.retry_if_exception(_is_connection_error),
-            reraise=True,
-        ):
-            with attempt:
-                await self.transport.publish(
-                    publication.message,
-                    publication.exchange,
-                    publication.routing_key,
-                    timeout=self.publish_timeout,
-                )
+        await self.transport.publish(
+            publication.message,
+            publication.exchange,
+            publication.routing_key,
+            timeout=self.publish_timeout,
+        )
         for hook in self.middleware.hooks("after_publish", reverse=True):
             await hook(envelope)
 
@@ -234,10 +226,6 @@ class Client:
             for hook in after:
                 await hook(envelope)
         return [_handle(e) for e in envelopes]
-
-
-def _is_connection_error(error: BaseException) -> bool:
-    return isinstance(error, TransportError) and not isinstance(error, PublishError)
 
 
 def _handle(envelope: Envelope) -> JobHandle:

@@ -237,8 +237,10 @@ class Worker:
                 await before(ctx)
             result = definition.validate_output(await self._call(definition, ctx, data))
         except asyncio.CancelledError:
-            # Only stop() cancels a job: give its message back, unacknowledged.
-            await delivery.requeue()
+            # Only stop() cancels a job: give its message back, unacknowledged. On a
+            # closed channel the broker has already taken it back.
+            with contextlib.suppress(TransportError):
+                await delivery.requeue()
             self.stats.handed_back += 1
             raise
         except Exception as exc:

@@ -39,6 +39,7 @@ class RoutePlan:
         priority: int | None,
         sources: Mapping[str, str],
     ) -> None:
+        """`sources` says, per field, where its value comes from ("from tier 'pro'")."""
         self.rule = rule
         self.exchange = exchange
         self.queue = queue  # None: the job's own queue
@@ -108,24 +109,24 @@ def plan_route(
 ) -> RoutePlan:
     """Resolve each route field: the rule's, else the tier's, else the defaults'."""
     route = rule.route if rule is not None else RouteModel()
-    by_rule = f"rule {rule.name!r}" if rule is not None else "defaults"
+    by_rule = f"from rule {rule.name!r}" if rule is not None else "from defaults"
     tier = model.tiers.get(tier_name) if tier_name is not None else None
-    by_tier = f"tier {tier_name!r}"
+    by_tier = f"from tier {tier_name!r}"
     defaults = model.defaults
     sources: dict[str, str] = {}
     queue = _first(sources, "queue", "the job's own queue", [
         (route.queue, by_rule), (tier.queue if tier else None, by_tier),
-        (defaults.queue, "defaults"),
+        (defaults.queue, "from defaults"),
     ])
-    priority = _first(sources, "priority", "nobody sets one", [
+    priority = _first(sources, "priority", "no rule, tier or default sets one", [
         (route.priority, by_rule), (tier.priority if tier else None, by_tier),
-        (defaults.priority, "defaults"),
+        (defaults.priority, "from defaults"),
     ])
-    exchange = _first(sources, "exchange", "defaults", [
-        (route.exchange, by_rule), (defaults.exchange, "defaults"),
+    exchange = _first(sources, "exchange", "from defaults", [
+        (route.exchange, by_rule), (defaults.exchange, "from defaults"),
     ])
     routing_key = _first(sources, "routing_key", "the queue name", [
-        (route.routing_key, by_rule), (defaults.routing_key, "defaults"),
+        (route.routing_key, by_rule), (defaults.routing_key, "from defaults"),
     ])
     return RoutePlan(
         rule=rule.name if rule is not None else None,
@@ -143,7 +144,7 @@ def _first(
     fallback_source: str,
     candidates: Sequence[tuple[_Value | None, str]],
 ) -> _Value | None:
-    """The first value that is set, recording in `sources` who set it."""
+    """The first value that is set, recording in `sources` where it came from."""
     for value, source in candidates:
         if value is not None:
             sources[field] = source

@@ -53,7 +53,7 @@ def _describe_error(data: Mapping[str, Any], error: ErrorDetails) -> str:
     field = _dotted(rest)
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown field {field!r}; check the spelling against the policy format"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{where}: {field} is required"
     return f"{where}: {field}: {message}" if field else f"{where}: {message}"

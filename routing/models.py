@@ -26,7 +26,16 @@ def _one_or_many(value: Any) -> Any:
 Names = Annotated[list[str], BeforeValidator(_one_or_many), Field(min_length=1)]
 """One string or a non-empty list of strings (any-of)."""
 
-Scalars = Annotated[list[Scalar], BeforeValidator(_one_or_many), Field(min_length=1)]
+def _one_or_many_scalars(value: Any) -> Any:
+    """Like `_one_or_many`, with one clear message instead of one per scalar type."""
+    values = _one_or_many(value)
+    for item in values:
+        if not isinstance(item, str | int | bool):
+            raise ValueError(f"{item!r} is not a string, integer or boolean")
+    return values
+
+
+Scalars = Annotated[list[Scalar], BeforeValidator(_one_or_many_scalars), Field(min_length=1)]
 """One scalar or a non-empty list of scalars (any-of)."""
 
 Priority = Annotated[int, Field(ge=0, le=255)]

@@ -136,12 +136,13 @@ class Policy:
         except RouteError as exc:
             return f"  but no route: {exc}"
         sources = plan.sources
-        exchange = repr(route.exchange) + (" (the default exchange)" if not route.exchange else "")
+        default_exchange = "the default exchange, " if not route.exchange else ""
+        priority = "none" if route.priority is None else str(route.priority)
         return (
-            f"  route: exchange {exchange} from {sources['exchange']}, "
-            f"routing key {route.routing_key!r} from {sources['routing_key']}, "
-            f"queue {route.queue!r} from {sources['queue']}, "
-            f"priority {route.priority!r} from {sources['priority']}"
+            f"  route: exchange {route.exchange!r} ({default_exchange}{sources['exchange']}), "
+            f"routing key {route.routing_key!r} ({sources['routing_key']}), "
+            f"queue {route.queue!r} ({sources['queue']}), "
+            f"priority {priority} ({sources['priority']})"
         )
 
     # --- declarations ----------------------------------------------------------------------

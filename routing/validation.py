@@ -234,8 +234,8 @@ def _priority_problems(
     if plan.priority > max_priority:
         users = f"tier {tier_name!r} users get " if tier_name is not None else ""
         yield (
-            f"{_who(plan)}: {users}priority {plan.priority} (from {plan.sources['priority']}) "
-            f"on queue {plan.queue.text!r} (from {plan.sources['queue']}), above that "
+            f"{_who(plan)}: {users}priority {plan.priority} ({plan.sources['priority']}) "
+            f"on queue {plan.queue.text!r} ({plan.sources['queue']}), above that "
             f"queue's max_priority {max_priority}; lower the priority or raise max_priority"
         )
 

@@ -145,14 +145,14 @@ async def test_invalid_input_is_refused_at_publish(app: JobApp) -> None:
 def test_unknown_job_options_fail_at_definition(app: JobApp) -> None:
     # Given no middleware that understands "rate_limit"
     # When a job is defined with it, Then the error names the option and the likely cause
-    with pytest.raises(UnknownJobOptionError, match="rate_limit.*middleware"):
+    with pytest.raises(UnknownJobOptionError, match=r"rate_limit.*middleware"):
 
         @app.job(rate_limit="10/s")
         async def limited() -> None: ...
 
 
 def test_priority_out_of_range_fails_at_definition(app: JobApp) -> None:
-    with pytest.raises(ConfigurationError, match="priority 11 is outside 0..10"):
+    with pytest.raises(ConfigurationError, match=r"priority 11 is outside 0\.\.10"):
 
         @app.job(priority=11)
         async def urgent() -> None: ...

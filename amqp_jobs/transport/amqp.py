@@ -11,12 +11,12 @@ from typing import Any
 import aio_pika
 import aiormq
 import aiormq.exceptions
+import tenacity
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
 from amqp_jobs.errors import (
     ConfigurationError,
-    PublishError,
     PublishNackedError,
     PublishTimeoutError,
     TransportError,
@@ -323,18 +323,34 @@ class AmqpTransport(Transport):
     async def publish(
         self, message: OutgoingMessage, exchange: str, routing_key: str, *, timeout: float
     ) -> None:
+        """Publish with a confirm, as mandatory, within ``timeout`` seconds in all.
+
+        While the connection is down the publish waits for the robust connection to
+        come back and tries again, until the timeout. A publish whose confirm was lost
+        in a disconnect may thus reach the queue twice (at-least-once; ids tell them
+        apart). Returned, refused or unconfirmed publishes raise at once.
+        """
         if self._publish_channel is None:
             raise TransportError("the transport is not connected; call connect() first")
-        with translate_errors(f"publishing job {message.message_id} ({message.type})"):
+        channel = self._publish_channel
+        action = f"publishing job {message.message_id} ({message.type})"
+        properties = _properties(message)
+        with translate_errors(action):
             async with asyncio.timeout(timeout):
-                channel = await self._publish_channel.get_underlay_channel()
-                await channel.basic_publish(
-                    message.body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=_properties(message),
-                    mandatory=True,
-                )
+                async for attempt in tenacity.AsyncRetrying(
+                    wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+                    retry=tenacity.retry_if_exception(_is_connection_loss),
+                    reraise=True,
+                ):
+                    with attempt:
+                        underlay = await channel.get_underlay_channel()
+                        await underlay.basic_publish(
+                            message.body,
+                            exchange=exchange,
+                            routing_key=routing_key,
+                            properties=properties,
+                            mandatory=True,
+                        )
 
     async def publish_many(
         self, publications: Iterable[Publication], *, timeout: float, window: int = 500
@@ -350,7 +366,7 @@ class AmqpTransport(Transport):
                         publication.routing_key,
                         timeout=timeout,
                     )
-                except PublishError as exc:
+                except TransportError as exc:
                     return exc
                 return None
 
@@ -401,6 +417,18 @@ class AmqpTransport(Transport):
             with translate_errors(f"inspecting {queue!r}"):
                 result = await channel.queue_declare(queue, passive=True)
         return int(result.message_count or 0)
+
+
+def _is_connection_loss(error: BaseException) -> bool:
+    if isinstance(error, aiormq.exceptions.DeliveryError | TimeoutError):
+        return False  # the broker answered, or the caller's deadline passed
+    return isinstance(
+        error,
+        aiormq.exceptions.AMQPConnectionError
+        | aiormq.exceptions.ChannelInvalidStateError
+        | aiormq.exceptions.ConnectionClosed
+        | ConnectionError,
+    )
 
 
 def _properties(message: OutgoingMessage) -> Basic.Properties:

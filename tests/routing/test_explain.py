@@ -30,9 +30,9 @@ def test_explain_names_the_rule_the_route_and_where_each_field_came_from(
     assert "job 'alerts.disk' on queue 'default' for user tier='pro', roles=['oncall']" in text
     assert "rule 'beta' did not match: group is missing (wanted 'beta')" in text
     assert "rule 'ops' matched" in text
-    assert "queue 'default' from the job's own queue" in text
-    assert "priority 9 from rule 'ops'" in text
-    assert "exchange '' (the default exchange)" in text
+    assert "queue 'default' (the job's own queue)" in text
+    assert "priority 9 (from rule 'ops')" in text
+    assert "exchange '' (the default exchange, from defaults)" in text
     # And rules after the winner are not mentioned
     assert "dedicated" not in text
 
@@ -44,15 +44,15 @@ def test_explain_when_the_defaults_apply(policy_data: dict[str, Any]) -> None:
     assert "rule 'ops' did not match: job is 'report.build' (wanted matching 'alerts.*'); " \
            "roles is missing (wanted any of 'admin' or 'oncall')" in text
     assert "no rule matched, so the defaults apply" in text
-    assert "queue 'enterprise' from tier 'enterprise'" in text
-    assert "priority 9 from tier 'enterprise'" in text
+    assert "queue 'enterprise' (from tier 'enterprise')" in text
+    assert "priority 9 (from tier 'enterprise')" in text
 
 
 def test_explain_for_an_anonymous_user(policy_data: dict[str, Any]) -> None:
     text = make_policy(policy_data).explain("alerts.disk", "default", None)
     assert "for an anonymous user" in text
     assert "rule 'beta' did not match: group: the user is anonymous" in text
-    assert "priority None from nobody sets one" in text
+    assert "priority none (no rule, tier or default sets one)" in text
 
 
 def test_explain_reports_a_route_that_cannot_be_built(policy_data: dict[str, Any]) -> None:

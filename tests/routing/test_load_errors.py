@@ -37,6 +37,16 @@ def test_unknown_top_level_and_queue_fields_are_refused(policy_data: dict[str, A
     assert "queue 'default': unknown field 'max_prio'" in message
 
 
+def test_condition_values_of_the_wrong_type_are_refused(policy_data: dict[str, Any]) -> None:
+    policy_data["rules"] = [
+        {"name": "odd", "match": {"tier": 5, "roles": [], "attributes": {"region": 1.5}}}
+    ]
+    message = load_error(policy_data)
+    assert "rule 'odd': match.tier[0]: Input should be a valid string" in message
+    assert "rule 'odd': match.roles: " in message
+    assert "rule 'odd': match.attributes.region: 1.5 is not a string, integer or boolean" in message
+
+
 def test_unnamed_rule_is_located_by_position(policy_data: dict[str, Any]) -> None:
     policy_data["rules"] = [{"name": "ok"}, {"match": {"tier": "pro"}}]
     message = load_error(policy_data)
