@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# The editable install was made while routing/ was still empty, so it registered `routing`
-# as a namespace package and `import routing` would skip routing/__init__.py. Putting the
-# repository root first lets the real package win; re-running `pip install -e .` makes
-# this unnecessary.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 EXAMPLE_POLICY = REPO_ROOT / "routing" / "examples" / "routes.toml"
 
