@@ -1,0 +1,98 @@
+"""The amqp-jobs command line, run as a user would, against the real RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from amqp_jobs import JobApp
+from amqp_jobs.dlq import DeadLetters
+from tests.apps import fleet
+from tests.helpers import running, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def amqp_jobs_cli(namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env_namespace = {"AMQP_JOBS_TEST_NAMESPACE": namespace}
+    return subprocess.run(
+        [sys.executable, "-m", "amqp_jobs.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**__import__("os").environ, **env_namespace},
+        timeout=60,
+    )
+
+
+async def test_dlq_list_requeue_and_purge_from_the_command_line(
+    make_app: Callable[..., JobApp], namespace: str, tmp_path: Path
+) -> None:
+    # Given two dead jobs: one whose input never fits, one for a job no worker knows
+    app, worker_app = make_app(), make_app()  # the publisher knows no job schemas
+    worker_app.registry.update(fleet.app.registry)
+    async with running(worker_app) as worker:
+        bad = await app.enqueue("fleet.slow", {"seconds": "never", "marker": "x"})
+        await app.queue("default").add("nobody.knows", {})
+        await wait_until(lambda: worker.stats.dead == 2)
+
+    app_ref = "--app=tests.apps.fleet:app"
+    # When the DLQ is listed, Then each dead job shows with its reason
+    listing = await asyncio.to_thread(amqp_jobs_cli, namespace, "dlq", "list", app_ref)
+    assert listing.returncode == 0, listing.stderr
+    assert bad.id in listing.stdout and "input of job 'fleet.slow' is invalid" in listing.stdout
+    assert "unknown job 'nobody.knows'" in listing.stdout
+    assert "2 dead job(s) shown" in listing.stdout
+
+    # When one is requeued by id, Then it leaves the DLQ (and comes back: still bad input)
+    requeued = await asyncio.to_thread(amqp_jobs_cli, namespace, "dlq", "requeue", bad.id, app_ref)
+    assert requeued.returncode == 0 and "requeued 1 job(s)" in requeued.stdout
+    assert await app.queue("default").size() == 1
+    missing = await asyncio.to_thread(
+        amqp_jobs_cli, namespace, "dlq", "requeue", "no-such-id", app_ref
+    )
+    assert missing.returncode != 0 and "no dead job with id no-such-id" in missing.stderr
+
+    # When the DLQ is purged, Then it is empty
+    purged = await asyncio.to_thread(amqp_jobs_cli, namespace, "dlq", "purge", app_ref)
+    assert "purged 1 dead job(s)" in purged.stdout
+    assert await DeadLetters(app).list() == []
+
+
+def test_topology_prints_every_exchange_queue_and_binding(namespace: str) -> None:
+    result = amqp_jobs_cli(namespace, "topology", "tests.apps.fleet:app")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        f"queue    {namespace}.q.default x-queue-type=classic x-max-priority=10 "
+        f"x-dead-letter-exchange={namespace}.dead" in lines
+    )
+    assert f"exchange {namespace}.delay.35 (topic)" in lines
+    assert sum(line.startswith("queue    ") for line in lines) == 36 + 2  # levels, DLQ, work
+
+
+def test_a_bad_app_reference_is_a_clear_error(namespace: str) -> None:
+    result = amqp_jobs_cli(namespace, "worker", "tests.apps.fleet")
+    assert result.returncode != 0
+    assert "must look like 'package.module:app'" in result.stderr
+
+
+async def test_output_that_does_not_fit_the_return_annotation_is_dead_lettered(
+    app: JobApp,
+) -> None:
+    # Given a job that returns something other than it declares
+    @app.job(max_attempts=3)
+    async def broken() -> int:
+        return "not a number"  # type: ignore[return-value]
+
+    async with running(app) as worker:
+        await broken.enqueue()
+        await wait_until(lambda: worker.stats.dead == 1)
+
+    # Then it is not retried (the code, not the world, is wrong) and the reason says so
+    (dead,) = await DeadLetters(app).list()
+    assert "returned a value that does not fit its return annotation" in dead.reason
+    assert worker.stats.retried == 0
