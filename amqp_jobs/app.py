@@ -6,21 +6,27 @@ needs it (``amqp-jobs worker myproject.jobs:app``).
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from amqp_jobs.client import Client, EnqueueRequest, JobHandle
+from amqp_jobs.context import current_user
 from amqp_jobs.errors import ConfigurationError, UnknownJobOptionError
 from amqp_jobs.jobs import Job, JobDefinition, introspect
 from amqp_jobs.middleware import Middleware, MiddlewareStack
 from amqp_jobs.retries import Backoff, RetryPolicy
+from amqp_jobs.routes import Router, RoutingPolicy
 from amqp_jobs.topology import DEFAULT_MAX_PRIORITY, DEFAULT_NAMESPACE, Topology
 from amqp_jobs.transport.amqp import AmqpTransport
 from amqp_jobs.transport.base import Transport
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1/"
+
+if TYPE_CHECKING:
+    from amqp_jobs.worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
@@ -45,6 +51,7 @@ class JobApp:
         publish_timeout: float = 10.0,
         middleware: Iterable[Middleware] = (),
         transport: Transport | None = None,
+        routing: RoutingPolicy | None = None,
     ) -> None:
         self.url = url or os.environ.get("AMQP_URL", DEFAULT_URL)
         self.service_name = service
@@ -56,6 +63,7 @@ class JobApp:
         self.registry: dict[str, JobDefinition] = {}
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
+        self.router = Router(routing, self.topology) if routing is not None else None
         self.client = Client(
             transport=self.transport,
             topology=self.topology,
@@ -64,6 +72,7 @@ class JobApp:
             service=service,
             default_queue=default_queue,
             publish_timeout=publish_timeout,
+            router=self.router,
         )
 
     # --- defining jobs --------------------------------------------------------------
@@ -216,8 +225,7 @@ class JobApp:
     async def close(self) -> None:
         """Close the broker connection."""
         await self.transport.close()
-        self.client._ready_queues.clear()
-        self.client._infrastructure_ready = False
+        self.client.forget_declarations()
 
     async def __aenter__(self) -> JobApp:
         await self.connect()
@@ -246,17 +254,45 @@ class JobApp:
         await self.connect()
         return await self.client.enqueue_many(jobs, window=window)
 
+    def acting_as(self, user: Mapping[str, Any]) -> ActingAs:
+        """Publish as ``user`` inside a ``with``/``async with`` block (when no ``user=``)."""
+        return ActingAs(dict(user))
+
     def queue(self, name: str) -> QueueClient:
         """The queue-first form: ``await app.queue("emails").add("email.send", data)``."""
         self.topology.queue_name(name)
         return QueueClient(self, name)
 
-    def worker(self, queues: Sequence[str] | None = None, **settings: Any) -> Any:
-        """A :class:`~amqp_jobs.worker.Worker` for ``queues`` (default: every job's queue)."""
+    def worker(self, queues: Sequence[str] | None = None, **settings: Any) -> Worker:
+        """A :class:`~amqp_jobs.worker.Worker` for ``queues`` (default: every job's queue).
+
+        ``tiers=[...]`` instead takes the queues from the routing policy.
+        """
         from amqp_jobs.worker import Worker
 
         chosen = list(queues) if queues else sorted({d.queue for d in self.registry.values()})
         return Worker(self, queues=chosen or [self.default_queue], **settings)
+
+
+class ActingAs:
+    """Sets the user that jobs published in the block belong to (see ``JobApp.acting_as``)."""
+
+    def __init__(self, user: dict[str, Any]) -> None:
+        self.user = user
+        self._tokens: list[contextvars.Token[dict[str, Any] | None]] = []
+
+    def __enter__(self) -> dict[str, Any]:
+        self._tokens.append(current_user.set(self.user))
+        return self.user
+
+    def __exit__(self, *exc_info: object) -> None:
+        current_user.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> dict[str, Any]:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__()
 
 
 class QueueClient:

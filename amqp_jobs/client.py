@@ -6,16 +6,20 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pydantic
 
+from amqp_jobs.context import current_user
 from amqp_jobs.envelope import CONTENT_TYPE, Envelope, encode
 from amqp_jobs.errors import ConfigurationError, PublishError
 from amqp_jobs.jobs import JobDefinition
 from amqp_jobs.middleware import MiddlewareStack
-from amqp_jobs.topology import Topology
+from amqp_jobs.topology import Declaration, Topology
 from amqp_jobs.transport.base import OutgoingMessage, Publication, Transport
+
+if TYPE_CHECKING:
+    from amqp_jobs.routes import Router
 
 
 class RouteLike(Protocol):
@@ -59,11 +63,24 @@ def _data_to_json(data: Any) -> Any:
     return pydantic.TypeAdapter(Any).dump_python(data, mode="json")
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    """A built envelope and where it goes when it is not delayed."""
+
+    envelope: Envelope
+    exchange: str
+    routing_key: str
+    declarations: tuple[Declaration, ...]
+    tenant_queue: bool = False
+
+
 class Client:
     """Publishes jobs by name; validates data when the job is registered locally.
 
     A publisher needs no worker code: an unknown job name is published as-is to
-    the queue it is given (or the default queue) and validated by the worker.
+    the queue it is given (or the default queue) and validated by the worker. With a
+    :class:`~amqp_jobs.routes.Router`, every job's exchange, queue and priority come
+    from the routing policy and the job's user.
     """
 
     def __init__(
@@ -76,6 +93,7 @@ class Client:
         service: str,
         default_queue: str,
         publish_timeout: float,
+        router: Router | None = None,
     ) -> None:
         self.transport = transport
         self.topology = topology
@@ -84,18 +102,37 @@ class Client:
         self.service = service
         self.default_queue = default_queue
         self.publish_timeout = publish_timeout
-        self._ready_queues: set[str] = set()
+        self.router = router
+        self.ready_queues: set[str] = set()
+        self._infrastructure_ready = False
+
+    def forget_declarations(self) -> None:
+        """Forget what was declared (after the connection is closed)."""
+        self.ready_queues.clear()
         self._infrastructure_ready = False
 
     async def ensure_queue(self, queue: str) -> None:
         """Declare the shared infrastructure (once) and the work queue ``queue``."""
-        if queue in self._ready_queues:
-            return
+        if queue not in self.ready_queues:
+            declarations = (
+                self.router.declarations_for(queue)
+                if self.router is not None
+                else self.topology.work_queue(queue)
+            )
+            await self._ensure(queue, declarations)
+
+    async def _ensure(self, queue: str, declarations: Sequence[Declaration]) -> bool:
+        """Declare ``declarations`` for ``queue`` unless done; True if it was declared now."""
+        if queue in self.ready_queues:
+            return False
         if not self._infrastructure_ready:
             await self.transport.declare(self.topology.infrastructure())
+            if self.router is not None:
+                await self.transport.declare(self.router.static_declarations())
             self._infrastructure_ready = True
-        await self.transport.declare(self.topology.work_queue(queue))
-        self._ready_queues.add(queue)
+        await self.transport.declare(declarations)
+        self.ready_queues.add(queue)
+        return True
 
     async def build(
         self,
@@ -113,28 +150,40 @@ class Client:
         user: Mapping[str, Any] | None = None,
         expires: float | timedelta | None = None,
         idempotency_key: str | None = None,
-    ) -> Envelope:
-        """Validate and build the envelope of one job, without publishing it."""
+    ) -> PreparedJob:
+        """Validate, route and build one job, without publishing it.
+
+        ``user`` defaults to the user of the running job (or of ``acting_as``).
+        """
         definition = self.registry.get(job)
         if definition is not None:
             data = definition.validate_input(data)
             queue = queue or definition.queue
             priority = definition.priority if priority is None else priority
+        queue = queue or self.default_queue
+        if user is None:
+            user = current_user.get()
+        if self.router is not None:
+            route = self.router.resolve(job, queue, user, labels)
+            queue = route.queue
+            priority = route.priority if priority is None else priority
+            exchange, routing_key = route.exchange, route.routing_key
+            declarations, tenant_queue = route.declarations, route.tenant_queue
+        else:
+            exchange, routing_key = "", self.topology.queue_name(queue)
+            declarations, tenant_queue = tuple(self.topology.work_queue(queue)), False
         if priority is not None and not 0 <= priority <= self.topology.max_priority:
             raise ConfigurationError(
                 f"priority {priority} of job {job!r} is outside 0..{self.topology.max_priority}"
             )
         now = time.time()
-        not_before = _absolute_time(now, delay, at)
-        extra: dict[str, Any] = {}
-        if job_id is not None:
-            extra["id"] = job_id
+        extra: dict[str, Any] = {} if job_id is None else {"id": job_id}
         envelope = Envelope(
             job=job,
-            queue=queue or self.default_queue,
+            queue=queue,
             data=_data_to_json(data),
             enqueued_at=now,
-            not_before=not_before,
+            not_before=_absolute_time(now, delay, at),
             expires_at=None if expires is None else now + _seconds(expires),
             priority=priority,
             publisher=self.service,
@@ -147,10 +196,17 @@ class Client:
         )
         for hook in self.middleware.hooks("before_publish"):
             envelope = await hook(envelope)
-        return envelope
+        return PreparedJob(envelope, exchange, routing_key, declarations, tenant_queue)
 
-    def publication(self, envelope: Envelope, *, now: float | None = None) -> Publication:
-        """Where an envelope goes: straight to its queue, or into the delay levels."""
+    def publication(
+        self,
+        envelope: Envelope,
+        *,
+        exchange: str = "",
+        routing_key: str | None = None,
+        now: float | None = None,
+    ) -> Publication:
+        """Where an envelope goes: into the delay levels, to ``exchange``, or to its queue."""
         amqp_queue = self.topology.queue_name(envelope.queue)
         message = OutgoingMessage(
             body=encode(envelope),
@@ -165,18 +221,40 @@ class Client:
         if envelope.not_before is not None:
             delay_ms = round((envelope.not_before - (now or time.time())) * 1000)
         if delay_ms > 0:
-            exchange, routing_key = self.topology.delay_route(delay_ms, amqp_queue)
-            return Publication(message, exchange, routing_key)
-        return Publication(message, "", amqp_queue)
+            # A delayed job leaves the delay levels straight into its (routed) queue.
+            delayed_exchange, delayed_key = self.topology.delay_route(delay_ms, amqp_queue)
+            return Publication(message, delayed_exchange, delayed_key)
+        return Publication(message, exchange, routing_key or amqp_queue)
 
-    async def publish(self, envelope: Envelope) -> None:
-        """Publish a built envelope and wait for the broker's confirm.
+    def _publication_of(self, job: PreparedJob, now: float | None = None) -> Publication:
+        return self.publication(
+            job.envelope, exchange=job.exchange, routing_key=job.routing_key, now=now
+        )
+
+    async def _prepare_route(self, job: PreparedJob) -> None:
+        """Declare what the job's route needs; announce a tenant queue the first time."""
+        declared_now = await self._ensure(job.envelope.queue, job.declarations)
+        if declared_now and job.tenant_queue and self.router is not None:
+            await self.transport.publish(
+                OutgoingMessage(
+                    body=self.router.announcement(job.envelope.queue),
+                    message_id=f"queue:{job.envelope.queue}",
+                    type="amqp-jobs.tenant-queue",
+                    content_type="application/json",
+                ),
+                "",
+                self.router.registry_stream,
+                timeout=self.publish_timeout,
+            )
+
+    async def publish(self, job: PreparedJob) -> None:
+        """Publish a prepared job and wait for the broker's confirm.
 
         A connection that is down is waited for (the robust connection reconnects),
         up to ``publish_timeout`` in all; a refused or unconfirmed publish raises.
         """
-        await self.ensure_queue(envelope.queue)
-        publication = self.publication(envelope)
+        await self._prepare_route(job)
+        publication = self._publication_of(job)
         await self.transport.publish(
             publication.message,
             publication.exchange,
@@ -184,13 +262,13 @@ class Client:
             timeout=self.publish_timeout,
         )
         for hook in self.middleware.hooks("after_publish", reverse=True):
-            await hook(envelope)
+            await hook(job.envelope)
 
     async def enqueue(self, job: str, data: Any = None, **options: Any) -> JobHandle:
         """Validate, build and publish one job; return its handle once confirmed."""
-        envelope = await self.build(job, data, **options)
-        await self.publish(envelope)
-        return _handle(envelope)
+        prepared = await self.build(job, data, **options)
+        await self.publish(prepared)
+        return _handle(prepared.envelope)
 
     async def enqueue_many(
         self,
@@ -203,29 +281,36 @@ class Client:
         Every job is validated before any is published. If some publishes fail, a
         :class:`PublishError` is raised naming how many; the others are queued.
         """
-        envelopes: list[Envelope] = []
-        for request in as_requests(list(requests)):
-            envelopes.append(await self.build(request.job, request.data, **request.options))
-        for queue in {e.queue for e in envelopes}:
-            await self.ensure_queue(queue)
+        jobs = [
+            await self.build(request.job, request.data, **request.options)
+            for request in as_requests(list(requests))
+        ]
+        for job in jobs:
+            if job.envelope.queue not in self.ready_queues:
+                await self._prepare_route(job)
         now = time.time()
         outcomes = await self.transport.publish_many(
-            [self.publication(e, now=now) for e in envelopes],
+            [
+                self.publication(
+                    j.envelope, exchange=j.exchange, routing_key=j.routing_key, now=now
+                )
+                for j in jobs
+            ],
             timeout=self.publish_timeout,
             window=window,
         )
-        failures = [(e, o) for e, o in zip(envelopes, outcomes, strict=True) if o is not None]
+        failures = [(j, o) for j, o in zip(jobs, outcomes, strict=True) if o is not None]
         if failures:
-            first_envelope, first_error = failures[0]
+            first_job, first_error = failures[0]
             raise PublishError(
-                f"{len(failures)} of {len(envelopes)} jobs were not published; first: job "
-                f"{first_envelope.id}: {first_error}"
+                f"{len(failures)} of {len(jobs)} jobs were not published; first: job "
+                f"{first_job.envelope.id}: {first_error}"
             ) from first_error
         after = self.middleware.hooks("after_publish", reverse=True)
-        for envelope in envelopes if after else ():
+        for job in jobs if after else ():
             for hook in after:
-                await hook(envelope)
-        return [_handle(e) for e in envelopes]
+                await hook(job.envelope)
+        return [_handle(j.envelope) for j in jobs]
 
 
 def _handle(envelope: Envelope) -> JobHandle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -11,6 +12,10 @@ if TYPE_CHECKING:
     from amqp_jobs.jobs import JobDefinition
 
 log = logging.getLogger("amqp_jobs.job")
+
+current_user: ContextVar[dict[str, Any] | None] = ContextVar("amqp_jobs_user", default=None)
+"""The user jobs are published for when ``enqueue`` gets no ``user=``: set while a job
+runs (so the jobs it enqueues inherit its user) and by ``JobApp.acting_as``."""
 
 
 class JobContext:

@@ -149,20 +149,32 @@ class Topology:
 
     # --- declarations ----------------------------------------------------------------
 
-    def work_queue_arguments(self, max_priority: int | None = None) -> dict[str, Any]:
-        """Arguments of a work queue: a priority queue dead-lettering to the DLQ."""
+    def work_queue_arguments(
+        self, max_priority: int | None = None, extra_arguments: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Arguments of a work queue: a priority queue dead-lettering to the DLQ.
+
+        ``extra_arguments`` adds e.g. ``x-max-length`` and ``x-overflow`` from a policy.
+        """
         return {
             "x-queue-type": "classic",
             "x-max-priority": max_priority or self.max_priority,
             "x-dead-letter-exchange": self.dead_letter_exchange,
+            **(extra_arguments or {}),
         }
 
-    def work_queue(self, queue: str, *, max_priority: int | None = None) -> list[Declaration]:
+    def work_queue(
+        self,
+        queue: str,
+        *,
+        max_priority: int | None = None,
+        extra_arguments: dict[str, Any] | None = None,
+    ) -> list[Declaration]:
         """Declarations for one work queue: the queue and its binding for delayed delivery."""
         name = self.queue_name(queue)
         any_delay = ".".join(["*"] * self.delay_levels)
         return [
-            QueueDecl(name, self.work_queue_arguments(max_priority)),
+            QueueDecl(name, self.work_queue_arguments(max_priority, extra_arguments)),
             BindingDecl(self.delivery_exchange, name, f"{any_delay}.{name}"),
         ]
 

@@ -23,15 +23,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from amqp_jobs.context import JobContext
+from amqp_jobs.context import JobContext, current_user
 from amqp_jobs.envelope import CONTENT_TYPE, MAX_BODY_BYTES, Envelope, decode
-from amqp_jobs.errors import EnvelopeError, JobTimeoutError, PublishError, TransportError
+from amqp_jobs.errors import (
+    ConfigurationError,
+    EnvelopeError,
+    JobTimeoutError,
+    PublishError,
+    TransportError,
+)
 from amqp_jobs.errors import ValidationError as JobValidationError
 from amqp_jobs.jobs import JobDefinition
 from amqp_jobs.transport.base import Delivery, OutgoingMessage, Subscription
 
 if TYPE_CHECKING:
     from amqp_jobs.app import JobApp
+    from amqp_jobs.routes import ConsumptionPlan
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +77,24 @@ class Worker:
         app: JobApp,
         *,
         queues: Sequence[str] = ("default",),
+        tiers: Sequence[str] = (),
         concurrency: int = 64,
         prefetch: int | None = None,
         grace_period: float = 30.0,
         worker_id: str | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        tenant_prefetch: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.app = app
         self.queues = list(queues)
+        self.tiers = list(tiers)
         self.concurrency = concurrency
         self.prefetch = prefetch or concurrency
+        # Each tenant queue may hold this many of the worker's slots, so one tenant's
+        # flood leaves room for the others' jobs to start at once.
+        self.tenant_prefetch = tenant_prefetch or max(1, concurrency // 4)
         self.grace_period = grace_period
         self.worker_id = worker_id or default_worker_id()
         self.max_body_bytes = max_body_bytes
@@ -89,6 +102,8 @@ class Worker:
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._subscriptions: list[Subscription] = []
+        self._consumed: set[str] = set()
+        self._plan: ConsumptionPlan | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._resources: dict[str, Any] = {}
         self._stopping = False
@@ -97,21 +112,77 @@ class Worker:
     # --- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, declare the queues, run start-up hooks and begin consuming."""
+        """Connect, declare the queues, run start-up hooks and begin consuming.
+
+        With ``tiers``, the queues come from the app's routing policy: each static queue
+        of those tiers gets a share of the prefetch in proportion to its weight, and
+        tenant queues are picked up from the registry stream as they appear.
+        """
         await self.app.connect()
-        for queue in self.queues:
+        prefetch = {queue: self.prefetch for queue in self.queues}
+        if self.tiers:
+            prefetch = self._tier_prefetch()
+        for queue in prefetch:
             await self.app.client.ensure_queue(queue)
         self._resources = await self.app.run_startup()
         for hook in self.app.middleware.hooks("after_worker_start"):
             await hook(self)
-        topology = self.app.topology
-        for queue in self.queues:
-            self._subscriptions.append(
-                await self.app.transport.consume(
-                    topology.queue_name(queue), self._on_delivery, prefetch=self.prefetch
-                )
+        for queue, count in prefetch.items():
+            await self._consume(queue, count)
+        if self._plan is not None and self._plan.tenant_patterns:
+            await self._follow_tenant_queues()
+        log.info("worker %s consuming %s", self.worker_id, ", ".join(sorted(self._consumed)))
+
+    def _tier_prefetch(self) -> dict[str, int]:
+        router = self.app.router
+        if router is None:
+            raise ConfigurationError(
+                "a worker for tiers needs an app with a routing policy: JobApp(routing=...)"
             )
-        log.info("worker %s consuming %s", self.worker_id, ", ".join(self.queues))
+        self._plan = router.consumption_plan(self.tiers)
+        total = sum(weight for _, weight in self._plan.queues) or 1
+        self.queues = [queue for queue, _ in self._plan.queues]
+        return {
+            queue: max(1, round(self.concurrency * weight / total))
+            for queue, weight in self._plan.queues
+        }
+
+    async def _consume(self, queue: str, prefetch: int) -> None:
+        self._consumed.add(queue)
+        self._subscriptions.append(
+            await self.app.transport.consume(
+                self.app.topology.queue_name(queue), self._on_delivery, prefetch=prefetch
+            )
+        )
+
+    async def _follow_tenant_queues(self) -> None:
+        """Read the registry stream from its start; consume each tenant queue of our tiers."""
+        router = self.app.router
+        assert router is not None and self._plan is not None
+        plan = self._plan
+
+        async def on_announcement(delivery: Delivery) -> None:
+            delivery.ack()
+            queue = router.announced_queue(delivery.body)
+            if queue is None or queue in self._consumed or self._stopping:
+                return
+            if plan.tenant_weight(queue) is None:
+                return
+            try:
+                await self._consume(queue, self.tenant_prefetch)
+                log.info("worker %s now consumes tenant queue %s", self.worker_id, queue)
+            except TransportError as exc:  # e.g. a tenant queue deleted since its announcement
+                self._consumed.discard(queue)
+                log.warning("cannot consume announced queue %s: %s", queue, exc)
+
+        self._subscriptions.append(
+            await self.app.transport.consume(
+                router.registry_stream,
+                on_announcement,
+                prefetch=100,
+                arguments={"x-stream-offset": "first"},
+            )
+        )
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to shut down gracefully (safe from a signal handler)."""
@@ -232,6 +303,7 @@ class Worker:
         )
         result: Any = None
         error: BaseException | None = None
+        user_token = current_user.set(envelope.user)  # jobs this job enqueues inherit it
         try:
             for before in self.app.middleware.hooks("before_process"):
                 await before(ctx)
@@ -245,6 +317,8 @@ class Worker:
             raise
         except Exception as exc:
             error = exc
+        finally:
+            current_user.reset(user_token)
         for after in self.app.middleware.hooks("after_process", reverse=True):
             await after(ctx, result, error)
         if error is None:

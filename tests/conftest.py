@@ -81,7 +81,7 @@ async def make_app(amqp_url: str, namespace: str) -> AsyncIterator[Callable[...,
     yield factory
     cleaner = JobApp(amqp_url, namespace=namespace)
     await cleaner.connect()
-    queues = {q for app in apps for q in app.client._ready_queues} | {
+    queues = {q for app in apps for q in app.client.ready_queues} | {
         d.queue for app in apps for d in app.registry.values()
     }
     declarations = cleaner.topology.infrastructure() + [

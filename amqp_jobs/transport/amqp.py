@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import aio_pika
@@ -372,7 +372,14 @@ class AmqpTransport(Transport):
 
         return list(await asyncio.gather(*(one(p) for p in publications)))
 
-    async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> Subscription:
+    async def consume(
+        self,
+        queue: str,
+        handler: DeliveryHandler,
+        *,
+        prefetch: int,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Subscription:
         connection = self._require()
         with translate_errors(f"consuming {queue!r}"):
             channel = await connection.channel(publisher_confirms=False)
@@ -390,7 +397,9 @@ class AmqpTransport(Transport):
 
         subscription = AmqpSubscription(channel, amqp_queue)
         with translate_errors(f"consuming {queue!r}"):
-            subscription._tag = await amqp_queue.consume(on_message)
+            subscription._tag = await amqp_queue.consume(
+                on_message, arguments=dict(arguments) if arguments else None
+            )
         return subscription
 
     @contextlib.asynccontextmanager

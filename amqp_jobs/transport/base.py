@@ -114,8 +114,18 @@ class Transport(abc.ABC):
         """Publish many with up to ``window`` confirms in flight; one outcome per message."""
 
     @abc.abstractmethod
-    async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> Subscription:
-        """Call ``handler`` for each message of ``queue``, with ``prefetch`` unsettled at most."""
+    async def consume(
+        self,
+        queue: str,
+        handler: DeliveryHandler,
+        *,
+        prefetch: int,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Subscription:
+        """Call ``handler`` for each message of ``queue``, with ``prefetch`` unsettled at most.
+
+        ``arguments`` are consumer arguments (e.g. ``x-stream-offset`` for a stream).
+        """
 
     @abc.abstractmethod
     def reader(self, queue: str) -> contextlib.AbstractAsyncContextManager[QueueReader]:
