@@ -88,6 +88,9 @@ async def make_app(amqp_url: str, namespace: str) -> AsyncIterator[Callable[...,
         d for q in queues for d in cleaner.topology.work_queue(q)
     ]
     for app in apps:
+        if app.router is not None:
+            declarations += app.router.static_declarations()
+    for app in apps:
         with contextlib.suppress(Exception):
             await app.close()
     await cleaner.transport.delete(declarations)
