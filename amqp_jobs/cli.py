@@ -16,6 +16,7 @@ from typing import Any
 from amqp_jobs.app import JobApp
 from amqp_jobs.dlq import DeadLetters
 from amqp_jobs.errors import AmqpJobsError
+from amqp_jobs.routes import Router
 from amqp_jobs.topology import BindingDecl, Declaration, ExchangeDecl
 
 
@@ -44,8 +45,11 @@ def _app_from(args: argparse.Namespace) -> JobApp:
 async def _worker(args: argparse.Namespace) -> None:
     app = load_app(args.app)
     queues = [q for item in args.queues for q in item.split(",") if q] if args.queues else None
+    if args.tier and queues:
+        raise SystemExit("error: give --queues or --tier, not both")
     worker = app.worker(
         queues,
+        tiers=args.tier or (),
         concurrency=args.concurrency,
         prefetch=args.prefetch,
         grace_period=args.grace,
@@ -69,18 +73,67 @@ def _format_declaration(declaration: Declaration) -> str:
     return f"queue    {declaration.name} {args}"
 
 
+def _load_policy(path: str) -> Any:
+    # The routing package is the policy's own loader; the core only sees its shape.
+    from routing import Policy, RoutingError
+
+    try:
+        return Policy.from_file(path)
+    except (RoutingError, OSError) as exc:
+        raise SystemExit(f"error: {path}: {exc}") from None
+
+
 async def _topology(args: argparse.Namespace) -> None:
-    app = load_app(args.app)
+    if not args.app and not args.policy:
+        raise SystemExit("error: give an app (package.module:app) or --policy FILE")
+    app = load_app(args.app) if args.app else JobApp(args.url, namespace=args.namespace)
+    router = app.router
+    if args.policy:
+        router = Router(_load_policy(args.policy), app.topology)
     queues = sorted({d.queue for d in app.registry.values()} | {app.default_queue})
-    declarations = [d for q in queues for d in app.topology.work_queue(q)]
-    declarations = app.topology.infrastructure() + declarations
-    for declaration in declarations:
-        print(_format_declaration(declaration))
+    declarations = app.topology.infrastructure()
+    if router is not None:
+        declarations += router.static_declarations()
+        declarations += [d for q in queues for d in router.declarations_for(q)]
+    else:
+        declarations += [d for q in queues for d in app.topology.work_queue(q)]
+    for line in dict.fromkeys(_format_declaration(d) for d in declarations):
+        print(line)
+    templates = getattr(router.policy, "tenant_queue_templates", None) if router else None
+    for template in templates() if templates else ():
+        print(
+            f"tenant   {template.name} (declared with each tenant's first job) {template.arguments}"
+        )
     if args.apply:
         await app.connect()
         await app.transport.declare(declarations)
         await app.close()
         print(f"declared {len(declarations)} exchanges, queues and bindings")
+
+
+async def _routes(args: argparse.Namespace) -> None:
+    app = load_app(args.app) if args.app else JobApp(args.url, namespace=args.namespace)
+    if args.policy:
+        policy = _load_policy(args.policy)
+    elif app.router is not None:
+        policy = app.router.policy
+    else:
+        raise SystemExit("error: give --policy FILE, or an --app that has a routing policy")
+    try:
+        user = json.loads(args.user) if args.user else None
+        labels = json.loads(args.labels) if args.labels else None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: --user and --labels take JSON objects: {exc}") from None
+    queue = args.queue or (
+        app.registry[args.job].queue if args.job in app.registry else app.default_queue
+    )
+    print(policy.explain(args.job, queue, user, labels))
+    resolved = Router(policy, app.topology).resolve(args.job, queue, user, labels)
+    print(
+        f"AMQP: exchange {resolved.exchange or '(default)'!s}, routing key "
+        f"{resolved.routing_key}, queue {app.topology.queue_name(resolved.queue)}, "
+        f"priority {resolved.priority}"
+    )
 
 
 async def _dlq(args: argparse.Namespace) -> None:
@@ -113,6 +166,11 @@ async def _dlq(args: argparse.Namespace) -> None:
         await app.close()
 
 
+def _broker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help="broker URL when no app (default AMQP_URL)")
+    parser.add_argument("--namespace", default="amqp_jobs", help="namespace when no app")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``amqp-jobs`` command."""
     parser = argparse.ArgumentParser(prog="amqp-jobs", description=__doc__)
@@ -127,20 +185,35 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", "-c", type=int, default=64, help="jobs at once")
     worker.add_argument("--prefetch", type=int, default=None, help="unacked messages per queue")
     worker.add_argument("--grace", type=float, default=30.0, help="shutdown grace period, s")
+    worker.add_argument(
+        "--tier", action="append", help="consume what the routing policy gives this tier"
+    )
     worker.set_defaults(run=_worker)
 
     topology = commands.add_parser("topology", help="print the exchanges, queues and bindings")
-    topology.add_argument("app")
+    topology.add_argument("app", nargs="?", help="package.module:app")
+    topology.add_argument("--policy", help="a routing policy file (.toml or .json)")
     topology.add_argument("--apply", action="store_true", help="declare them on the broker")
+    _broker_options(topology)
     topology.set_defaults(run=_topology)
+
+    routes = commands.add_parser("routes", help="explain the routing policy")
+    routes.add_argument("action", choices=["explain"])
+    routes.add_argument("--job", required=True, help="the job name")
+    routes.add_argument("--user", help='the user, as JSON: \'{"tier": "pro", "tenant": "acme"}\'')
+    routes.add_argument("--labels", help="the job's labels, as JSON")
+    routes.add_argument("--queue", help="the job's own queue (default: its registered queue)")
+    routes.add_argument("--policy", help="a routing policy file (.toml or .json)")
+    routes.add_argument("--app", default=os.environ.get("AMQP_JOBS_APP"), help="module:app")
+    _broker_options(routes)
+    routes.set_defaults(run=_routes)
 
     dlq = commands.add_parser("dlq", help="list, requeue or purge the dead-letter queue")
     dlq.add_argument("action", choices=["list", "requeue", "purge"])
     dlq.add_argument("job_id", nargs="?", help="with requeue: the dead job to send back")
     dlq.add_argument("--all", action="store_true", help="with requeue: every dead job")
     dlq.add_argument("--app", default=os.environ.get("AMQP_JOBS_APP"), help="module:app")
-    dlq.add_argument("--url", default=None, help="broker URL when no --app (default AMQP_URL)")
-    dlq.add_argument("--namespace", default="amqp_jobs", help="namespace when no --app")
+    _broker_options(dlq)
     dlq.add_argument("--limit", type=int, default=100)
     dlq.add_argument("--json", action="store_true")
     dlq.set_defaults(run=_dlq)

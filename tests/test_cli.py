@@ -96,3 +96,77 @@ async def test_output_that_does_not_fit_the_return_annotation_is_dead_lettered(
     (dead,) = await DeadLetters(app).list()
     assert "returned a value that does not fit its return annotation" in dead.reason
     assert worker.stats.retried == 0
+
+
+async def test_a_tier_worker_process_consumes_only_its_tier(
+    make_app: Callable[..., JobApp], namespace: str, tmp_path: Path
+) -> None:
+    # Given `amqp-jobs worker --tier enterprise` running in its own process
+    from tests.apps import tiered
+
+    publisher = make_app(routing=tiered.policy)
+    log = tmp_path / "tiers.txt"
+    log.write_text("")
+    await publisher.queue("enterprise").size()
+    env = {**__import__("os").environ, "AMQP_JOBS_TEST_NAMESPACE": namespace}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "amqp_jobs.cli",
+            "worker",
+            "tests.apps.tiered:app",
+            "--tier",
+            "enterprise",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        # When jobs of both tiers are published
+        for tier in ("free", "enterprise", "free", "enterprise"):
+            await publisher.enqueue("tiered.record", {"path": str(log)}, user={"tier": tier})
+        await wait_until(lambda: len(log.read_text().splitlines()) == 2, timeout=20)
+        await asyncio.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+    # Then it ran the enterprise jobs only; the free ones wait in their queue
+    assert log.read_text().splitlines() == ["enterprise", "enterprise"]
+    assert await publisher.queue("free").size() == 2
+
+
+def test_routes_explain_names_the_rule_and_the_amqp_route(namespace: str) -> None:
+    result = amqp_jobs_cli(
+        namespace,
+        "routes",
+        "explain",
+        "--policy",
+        "routing/examples/routes.toml",
+        "--namespace",
+        "demo",
+        "--job",
+        "email.send",
+        "--user",
+        '{"tier": "pro", "tenant": "acme", "isolation": "dedicated"}',
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rule 'dedicated-tenants' matched" in result.stdout
+    assert "queue demo.q.tenant.acme, priority 5" in result.stdout
+    bad = amqp_jobs_cli(namespace, "routes", "explain", "--policy", "nope.toml", "--job", "x")
+    assert bad.returncode != 0 and "nope.toml" in bad.stderr
+
+
+def test_topology_of_a_policy_lists_its_exchanges_queues_and_tenant_templates(
+    namespace: str,
+) -> None:
+    result = amqp_jobs_cli(
+        namespace, "topology", "--policy", "routing/examples/routes.toml", "--namespace", "demo"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "exchange demo.x.beta (direct)" in lines
+    assert "binding  demo.x.beta -> queue demo.q.beta [beta]" in lines
+    assert any(line.startswith("tenant   tenant.{tenant}") for line in lines)
+    assert len(lines) == len(set(lines))
