@@ -11,6 +11,9 @@ import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
+from urllib.parse import quote
+
+from yarl import URL
 
 from amqp_jobs.client import Client, EnqueueRequest, JobHandle
 from amqp_jobs.context import current_user
@@ -60,6 +63,12 @@ class JobApp:
         self.publish_timeout = publish_timeout
         self.middleware = MiddlewareStack(list(middleware))
         self.transport = transport or AmqpTransport(self.url, connection_name=service)
+        vhost_transport = None
+        if transport is None:
+
+            def vhost_transport(vhost: str) -> Transport:
+                return AmqpTransport(url_for_vhost(self.url, vhost), connection_name=service)
+
         self.registry: dict[str, JobDefinition] = {}
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
@@ -73,6 +82,7 @@ class JobApp:
             default_queue=default_queue,
             publish_timeout=publish_timeout,
             router=self.router,
+            vhost_transport=vhost_transport,
         )
 
     # --- defining jobs --------------------------------------------------------------
@@ -224,6 +234,7 @@ class JobApp:
 
     async def close(self) -> None:
         """Close the broker connection."""
+        await self.client.close_vhosts()
         await self.transport.close()
         self.client.forget_declarations()
 
@@ -272,6 +283,11 @@ class JobApp:
 
         chosen = list(queues) if queues else sorted({d.queue for d in self.registry.values()})
         return Worker(self, queues=chosen or [self.default_queue], **settings)
+
+
+def url_for_vhost(url: str, vhost: str) -> str:
+    """``url`` with its virtual host replaced by ``vhost`` (percent-encoded as AMQP wants)."""
+    return str(URL(url).with_path("/" + quote(vhost, safe=""), encoded=True))
 
 
 class ActingAs:

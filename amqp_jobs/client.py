@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +33,8 @@ class RouteLike(Protocol):
     def queue(self) -> str: ...
     @property
     def priority(self) -> int | None: ...
+    @property
+    def vhost(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class PreparedJob:
     routing_key: str
     declarations: tuple[Declaration, ...]
     tenant_queue: bool = False
+    vhost: str | None = None
 
 
 class Client:
@@ -94,6 +97,7 @@ class Client:
         default_queue: str,
         publish_timeout: float,
         router: Router | None = None,
+        vhost_transport: Callable[[str], Transport] | None = None,
     ) -> None:
         self.transport = transport
         self.topology = topology
@@ -103,13 +107,41 @@ class Client:
         self.default_queue = default_queue
         self.publish_timeout = publish_timeout
         self.router = router
-        self.ready_queues: set[str] = set()
-        self._infrastructure_ready = False
+        self._vhost_transport = vhost_transport
+        self.vhost_transports: dict[str, Transport] = {}
+        # What was declared, per virtual host (None: the connection's own).
+        self._ready: dict[str | None, set[str]] = {}
+
+    @property
+    def ready_queues(self) -> set[str]:
+        """Logical queues declared by this client, in any virtual host."""
+        return set().union(*self._ready.values())
 
     def forget_declarations(self) -> None:
         """Forget what was declared (after the connection is closed)."""
-        self.ready_queues.clear()
-        self._infrastructure_ready = False
+        self._ready.clear()
+
+    async def transport_for(self, vhost: str | None) -> Transport:
+        """The transport of the connection's own vhost (None), or of another, connected."""
+        if vhost is None:
+            return self.transport
+        transport = self.vhost_transports.get(vhost)
+        if transport is None:
+            if self._vhost_transport is None:
+                raise ConfigurationError(
+                    f"a route names virtual host {vhost!r}, but this app's transport "
+                    "cannot open other virtual hosts"
+                )
+            transport = self._vhost_transport(vhost)
+            await transport.connect()
+            self.vhost_transports[vhost] = transport
+        return transport
+
+    async def close_vhosts(self) -> None:
+        """Close the connections to other virtual hosts."""
+        transports, self.vhost_transports = self.vhost_transports, {}
+        for transport in transports.values():
+            await transport.close()
 
     async def ensure_queue(self, queue: str) -> None:
         """Declare the shared infrastructure (once) and the work queue ``queue``."""
@@ -119,19 +151,27 @@ class Client:
                 if self.router is not None
                 else self.topology.work_queue(queue)
             )
-            await self._ensure(queue, declarations)
+            await self._ensure(None, queue, declarations)
 
-    async def _ensure(self, queue: str, declarations: Sequence[Declaration]) -> bool:
-        """Declare ``declarations`` for ``queue`` unless done; True if it was declared now."""
-        if queue in self.ready_queues:
+    async def _ensure(
+        self, vhost: str | None, queue: str, declarations: Sequence[Declaration]
+    ) -> bool:
+        """Declare ``declarations`` for ``queue`` unless done; True if it was declared now.
+
+        The first declaration in a virtual host also declares the shared infrastructure
+        there (dead-letter queue, delay levels, the policy's static topology).
+        """
+        ready = self._ready.get(vhost)
+        if ready is not None and queue in ready:
             return False
-        if not self._infrastructure_ready:
-            await self.transport.declare(self.topology.infrastructure())
+        transport = await self.transport_for(vhost)
+        if ready is None:
+            await transport.declare(self.topology.infrastructure())
             if self.router is not None:
-                await self.transport.declare(self.router.static_declarations())
-            self._infrastructure_ready = True
-        await self.transport.declare(declarations)
-        self.ready_queues.add(queue)
+                await transport.declare(self.router.static_declarations())
+            ready = self._ready[vhost] = set()
+        await transport.declare(declarations)
+        ready.add(queue)
         return True
 
     async def build(
@@ -161,6 +201,7 @@ class Client:
             queue = queue or definition.queue
             priority = definition.priority if priority is None else priority
         queue = queue or self.default_queue
+        vhost = None
         if user is None:
             user = current_user.get()
         if self.router is not None:
@@ -169,6 +210,7 @@ class Client:
             priority = route.priority if priority is None else priority
             exchange, routing_key = route.exchange, route.routing_key
             declarations, tenant_queue = route.declarations, route.tenant_queue
+            vhost = route.vhost
         else:
             exchange, routing_key = "", self.topology.queue_name(queue)
             declarations, tenant_queue = tuple(self.topology.work_queue(queue)), False
@@ -196,7 +238,7 @@ class Client:
         )
         for hook in self.middleware.hooks("before_publish"):
             envelope = await hook(envelope)
-        return PreparedJob(envelope, exchange, routing_key, declarations, tenant_queue)
+        return PreparedJob(envelope, exchange, routing_key, declarations, tenant_queue, vhost)
 
     def publication(
         self,
@@ -233,9 +275,10 @@ class Client:
 
     async def _prepare_route(self, job: PreparedJob) -> None:
         """Declare what the job's route needs; announce a tenant queue the first time."""
-        declared_now = await self._ensure(job.envelope.queue, job.declarations)
+        declared_now = await self._ensure(job.vhost, job.envelope.queue, job.declarations)
         if declared_now and job.tenant_queue and self.router is not None:
-            await self.transport.publish(
+            transport = await self.transport_for(job.vhost)
+            await transport.publish(
                 OutgoingMessage(
                     body=self.router.announcement(job.envelope.queue),
                     message_id=f"queue:{job.envelope.queue}",
@@ -255,7 +298,8 @@ class Client:
         """
         await self._prepare_route(job)
         publication = self._publication_of(job)
-        await self.transport.publish(
+        transport = await self.transport_for(job.vhost)
+        await transport.publish(
             publication.message,
             publication.exchange,
             publication.routing_key,
@@ -286,19 +330,22 @@ class Client:
             for request in as_requests(list(requests))
         ]
         for job in jobs:
-            if job.envelope.queue not in self.ready_queues:
+            if job.envelope.queue not in self._ready.get(job.vhost, ()):
                 await self._prepare_route(job)
         now = time.time()
-        outcomes = await self.transport.publish_many(
-            [
-                self.publication(
-                    j.envelope, exchange=j.exchange, routing_key=j.routing_key, now=now
-                )
-                for j in jobs
-            ],
-            timeout=self.publish_timeout,
-            window=window,
-        )
+        by_vhost: dict[str | None, list[int]] = {}
+        for index, job in enumerate(jobs):
+            by_vhost.setdefault(job.vhost, []).append(index)
+        outcomes: list[BaseException | None] = [None] * len(jobs)
+        for vhost, indexes in by_vhost.items():
+            transport = await self.transport_for(vhost)
+            results = await transport.publish_many(
+                [self._publication_of(jobs[i], now) for i in indexes],
+                timeout=self.publish_timeout,
+                window=window,
+            )
+            for index, result in zip(indexes, results, strict=True):
+                outcomes[index] = result
         failures = [(j, o) for j, o in zip(jobs, outcomes, strict=True) if o is not None]
         if failures:
             first_job, first_error = failures[0]

@@ -96,6 +96,7 @@ class ResolvedRoute:
     priority: int | None
     tenant_queue: bool
     declarations: tuple[Declaration, ...]
+    vhost: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +201,7 @@ class Router:
             priority=route.priority,
             tenant_queue=tenant_queue,
             declarations=tuple(declarations),
+            vhost=route.vhost,
         )
 
     def announcement(self, queue: str) -> bytes:

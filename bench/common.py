@@ -131,14 +131,28 @@ async def alternate(
     ours_results: list[RoundResult] = []
     raw_results: list[RoundResult] = []
     for number in range(rounds):
-        result = await ours(number)
-        log(f"{label} round {number + 1}/{rounds} ours: {_brief(result)}")
-        ours_results.append(result)
+        ours_results.append(await _one(ours, number, f"{label} round {number + 1}/{rounds} ours"))
         if raw is not None:
-            result = await raw(number)
-            log(f"{label} round {number + 1}/{rounds} raw:  {_brief(result)}")
-            raw_results.append(result)
+            raw_results.append(await _one(raw, number, f"{label} round {number + 1}/{rounds} raw "))
     return ours_results, raw_results
+
+
+async def _one(
+    run: Callable[[int], Awaitable[RoundResult]], number: int, label: str
+) -> RoundResult:
+    """One round; retried once if it fails (the broker is shared and is sometimes restarted)."""
+    for attempt in (1, 2):
+        try:
+            result = await run(number)
+        except Exception as exc:
+            if attempt == 2:
+                raise
+            log(f"{label}: failed ({type(exc).__name__}: {exc}); retrying the round in 5 s")
+            await asyncio.sleep(5)
+            continue
+        log(f"{label}: {_brief(result)}")
+        return result
+    raise AssertionError("unreachable")
 
 
 def _brief(result: RoundResult) -> str:
@@ -200,7 +214,10 @@ async def delete_everything(
     app: JobApp, *, raw_queues: Sequence[str] = (), raw_exchanges: Sequence[str] = ()
 ) -> None:
     """Delete the app's infrastructure, its work queues and the given raw queues/exchanges."""
-    queues = set(app.client._ready_queues) | {d.queue for d in app.registry.values()}
+    declared = getattr(app.client, "ready_queues", None)  # renamed from _ready_queues
+    if declared is None:
+        declared = getattr(app.client, "_ready_queues", set())
+    queues = set(declared) | {d.queue for d in app.registry.values()}
     declarations: list[Declaration] = list(app.topology.infrastructure())
     for queue in sorted(queues):
         declarations += app.topology.work_queue(queue)

@@ -14,6 +14,7 @@ the consumer records ``time.time() - not_before`` (carried in the body).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -70,12 +71,12 @@ class Lateness:
     def summary(self) -> RoundResult:
         """p50, p99, max (ms) and the earliest start (negative = early)."""
         if len(self.late_ms) < self.expected:
-            log(f"delay: only {len(self.late_ms)} of {self.expected} delayed jobs arrived")
+            raise RuntimeError(f"only {len(self.late_ms)} of {self.expected} delayed jobs arrived")
         return {
             "p50_ms": percentile(self.late_ms, 50),
             "p99_ms": percentile(self.late_ms, 99),
-            "max_ms": max(self.late_ms),
-            "min_ms": min(self.late_ms),
+            "max_ms": max(self.late_ms, default=math.nan),
+            "min_ms": min(self.late_ms, default=math.nan),
         }
 
 
@@ -90,10 +91,8 @@ async def delay_ours(
         await app.enqueue_many(
             [EnqueueRequest(JOB, {"n": n}, {"delay": d}) for n, d in enumerate(delays)]
         )
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(lateness.done.wait(), timeout)
-        except TimeoutError:
-            pass
     finally:
         await worker.stop(grace_period=5.0)
     return lateness.summary()
@@ -134,10 +133,8 @@ async def delay_raw(
                 )
 
         await asyncio.gather(*(one(n, d) for n, d in enumerate(sorted(delays))))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(lateness.done.wait(), timeout)
-        except TimeoutError:
-            pass
         await consumer_channel.close()
         await channel.close()
     return lateness.summary()
@@ -166,9 +163,7 @@ async def run(
 
         await app.client.ensure_queue(QUEUE)
         async with raw_connection(url) as connection:
-            await declare_raw_queue(
-                connection, ready_queue, app.topology.work_queue_arguments()
-            )
+            await declare_raw_queue(connection, ready_queue, app.topology.work_queue_arguments())
             await declare_raw_queue(
                 connection,
                 wait_queue,
@@ -191,10 +186,30 @@ async def run(
         f"earliest start ours {min(column(ours, 'min_ms')):.1f} ms"
     )
     return [
-        Metric("delay", f"{name}, p50", "ms", column(ours, "p50_ms"), column(raw, "p50_ms"),
-               higher_is_better=False, note=note),
-        Metric("delay", f"{name}, p99", "ms", column(ours, "p99_ms"), column(raw, "p99_ms"),
-               higher_is_better=False, target=Target("max_value", 100.0)),
-        Metric("delay", f"{name}, max", "ms", column(ours, "max_ms"), column(raw, "max_ms"),
-               higher_is_better=False),
+        Metric(
+            "delay",
+            f"{name}, p50",
+            "ms",
+            column(ours, "p50_ms"),
+            column(raw, "p50_ms"),
+            higher_is_better=False,
+            note=note,
+        ),
+        Metric(
+            "delay",
+            f"{name}, p99",
+            "ms",
+            column(ours, "p99_ms"),
+            column(raw, "p99_ms"),
+            higher_is_better=False,
+            target=Target("max_value", 100.0),
+        ),
+        Metric(
+            "delay",
+            f"{name}, max",
+            "ms",
+            column(ours, "max_ms"),
+            column(raw, "max_ms"),
+            higher_is_better=False,
+        ),
     ]

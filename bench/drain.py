@@ -111,9 +111,9 @@ async def drain_raw(
     return {"jobs_per_s": jobs / elapsed, "seconds": elapsed}
 
 
-async def run(url: str, *, jobs: int = 20_000, rounds: int = 3, concurrency: int = 200) -> list[
-    Metric
-]:
+async def run(
+    url: str, *, jobs: int = 20_000, rounds: int = 3, concurrency: int = 200
+) -> list[Metric]:
     """Run the drain scenario; return its metrics (throughput in jobs/s)."""
     namespace = unique_namespace("drain")
     raw_queue = f"{namespace}.raw.drain"

@@ -28,6 +28,7 @@ class RoutePlan:
 
     __slots__ = (
         "_cache", "_fixed", "exchange", "priority", "queue", "routing_key", "rule", "sources",
+        "vhost",
     )
 
     def __init__(
@@ -38,6 +39,7 @@ class RoutePlan:
         routing_key: Template | None,
         priority: int | None,
         sources: Mapping[str, str],
+        vhost: Template | None = None,
     ) -> None:
         """`sources` says, per field, where its value comes from ("from tier 'pro'")."""
         self.rule = rule
@@ -45,10 +47,11 @@ class RoutePlan:
         self.queue = queue  # None: the job's own queue
         self.routing_key = routing_key  # None: the queue name
         self.priority = priority
+        self.vhost = vhost  # None: the connection's own virtual host
         self.sources = sources
         self._fixed: RouteDecision | None = None
         self._cache: dict[str, RouteDecision] | None = None
-        if _is_static(queue) and _is_static(routing_key):
+        if _is_static(queue) and _is_static(routing_key) and _is_static(vhost):
             if queue is not None:
                 self._fixed = self._decide(queue.text, None)
             else:
@@ -72,10 +75,11 @@ class RoutePlan:
         try:
             queue = job_queue if self.queue is None else self.queue.render(user)
             key = queue if self.routing_key is None else self.routing_key.render(user)
+            vhost = None if self.vhost is None else self.vhost.render(user)
         except TemplateValueError as exc:
             who = f"rule {self.rule!r}" if self.rule else "the defaults"
             raise RouteError(f"{who} matched but its route cannot be built: {exc}") from exc
-        return RouteDecision(Route(self.exchange, key, queue, self.priority), self.rule)
+        return RouteDecision(Route(self.exchange, key, queue, self.priority, vhost), self.rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,7 @@ def plan_route(
         routing_key=templates[routing_key] if routing_key is not None else None,
         priority=priority,
         sources=sources,
+        vhost=templates[route.vhost] if route.vhost is not None else None,
     )
 
 

@@ -69,6 +69,10 @@ class RouteModel(_PolicyPart):
     routing_key: str | None = None
     queue: str | None = None
     priority: Priority | None = None
+    vhost: str | None = Field(
+        default=None,
+        description="A RabbitMQ virtual host for hard isolation, e.g. 'tenant-{tenant}'.",
+    )
 
 
 class DefaultsModel(_PolicyPart):

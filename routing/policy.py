@@ -143,6 +143,7 @@ class Policy:
             f"routing key {route.routing_key!r} ({sources['routing_key']}), "
             f"queue {route.queue!r} ({sources['queue']}), "
             f"priority {priority} ({sources['priority']})"
+            + (f", virtual host {route.vhost!r}" if route.vhost else "")
         )
 
     # --- declarations ----------------------------------------------------------------------
@@ -197,7 +198,12 @@ class Policy:
 def _parse_templates(model: PolicyModel) -> dict[str, Template]:
     """Every queue and routing-key template the routes can use, parsed once."""
     texts = [*model.queues]
-    texts += [text for rule in model.rules for text in (rule.route.routing_key,) if text]
+    texts += [
+        text
+        for rule in model.rules
+        for text in (rule.route.routing_key, rule.route.vhost)
+        if text
+    ]
     if model.defaults.routing_key:
         texts.append(model.defaults.routing_key)
     return {text: Template.parse(text) for text in texts}

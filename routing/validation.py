@@ -192,6 +192,10 @@ def _route_reference_problems(model: PolicyModel, where: str, route: RouteModel)
         problem = _template_problem(model, where, "routing_key", route.routing_key)
         if problem is not None:
             yield problem
+    if route.vhost is not None:
+        problem = _template_problem(model, where, "vhost", route.vhost)
+        if problem is not None:
+            yield problem
 
 
 def _template_problem(model: PolicyModel, where: str, field: str, text: str) -> str | None:

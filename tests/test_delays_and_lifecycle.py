@@ -170,9 +170,7 @@ async def test_worker_processes_share_the_queues(
         await app.queue("default").size()  # declares the queue before the workers look
         await asyncio.sleep(1.5)  # both consuming
         # When 400 jobs are published
-        await app.enqueue_many(
-            [("fleet.record", {"path": str(log), "n": n}) for n in range(400)]
-        )
+        await app.enqueue_many([("fleet.record", {"path": str(log), "n": n}) for n in range(400)])
         await wait_until(lambda: len(log.read_text().splitlines()) >= 400, timeout=30)
     finally:
         for process in processes:

@@ -237,3 +237,46 @@ async def test_jobs_enqueued_by_a_job_inherit_its_user_and_its_route(
     # Then the follow-up carried the same user and was routed to the enterprise queue
     assert handle.queue == "enterprise"
     assert seen[0]["user_id"] == "u1" and seen[0]["tier"] == "enterprise"
+
+
+async def test_a_tenant_routed_to_its_own_vhost_is_isolated_there(
+    make_app: Callable[..., JobApp], amqp_url: str, namespace: str
+) -> None:
+    # Given a virtual host for tenant "bigcorp" and a policy routing bigcorp there
+    from amqp_jobs.app import url_for_vhost
+    from tests.helpers import rabbitmqctl
+
+    vhost = f"{namespace}_bigcorp"
+    assert rabbitmqctl("add_vhost", vhost).returncode == 0
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        policy = Policy.from_dict(
+            {
+                "queues": {"default": {}},
+                "rules": [
+                    {
+                        "name": "bigcorp-vhost",
+                        "match": {"tenant": "bigcorp"},
+                        "route": {"vhost": vhost},
+                    }
+                ],
+            }
+        )
+        publisher = make_app(routing=policy)
+        tenant_worker_app = JobApp(url_for_vhost(amqp_url, vhost), namespace=namespace)
+        seen: list[dict[str, Any]] = []
+        register_recorder(tenant_worker_app, seen)
+
+        # When bigcorp and another tenant publish
+        await publisher.enqueue("work.record", {"n": 1}, user={"tenant": "bigcorp"})
+        await publisher.enqueue("work.record", {"n": 2}, user={"tenant": "small"})
+
+        # Then bigcorp's job is only in its vhost, where its own worker runs it
+        assert await publisher.queue("default").size() == 1  # only "small" in the shared vhost
+        async with running(tenant_worker_app):
+            await wait_until(lambda: seen, timeout=10)
+        assert [(s["n"], s["tenant"]) for s in seen] == [(1, "bigcorp")]
+        await tenant_worker_app.close()
+    finally:
+        await publisher.close()
+        rabbitmqctl("delete_vhost", vhost)

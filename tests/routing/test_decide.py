@@ -12,8 +12,11 @@ from routing import Policy, Route, RouteDecision, RouteError
 def test_first_matching_rule_wins(policy_data: dict[str, Any]) -> None:
     # Given two rules that both match a pro user in group beta
     policy_data["rules"] = [
-        {"name": "beta", "match": {"group": "beta"},
-         "route": {"exchange": "beta", "queue": "beta"}},
+        {
+            "name": "beta",
+            "match": {"group": "beta"},
+            "route": {"exchange": "beta", "queue": "beta"},
+        },
         {"name": "pro-reports", "match": {"tier": "pro"}, "route": {"queue": "reports"}},
     ]
     policy = Policy.from_dict(policy_data)
@@ -52,8 +55,9 @@ def test_rule_fields_override_the_tier_and_unset_ones_fall_back(
     policy_data: dict[str, Any],
 ) -> None:
     # Given a rule that only sets the queue
-    policy_data["rules"] = [{"name": "reports", "match": {"job": "report.*"},
-                             "route": {"queue": "reports"}}]
+    policy_data["rules"] = [
+        {"name": "reports", "match": {"job": "report.*"}, "route": {"queue": "reports"}}
+    ]
     policy = Policy.from_dict(policy_data)
     # Then the enterprise tier still gives the priority, but not its dedicated queue
     route = policy.route("report.build", "default", {"tier": "enterprise"})
@@ -80,8 +84,15 @@ def test_any_of_lists_match_any_listed_value(policy_data: dict[str, Any]) -> Non
 
 def test_all_conditions_of_a_rule_must_hold(policy_data: dict[str, Any]) -> None:
     policy_data["rules"] = [
-        {"name": "acme-eu", "match": {"tenant": "acme", "attributes": {"region": ["eu", "uk"]},
-                                      "queue": "default", "labels": {"team": "data"}}}
+        {
+            "name": "acme-eu",
+            "match": {
+                "tenant": "acme",
+                "attributes": {"region": ["eu", "uk"]},
+                "queue": "default",
+                "labels": {"team": "data"},
+            },
+        }
     ]
     policy = Policy.from_dict(policy_data)
     user = {"tenant": "acme", "region": "uk"}
@@ -118,8 +129,11 @@ def test_roles_match_if_the_user_has_any_of_them(policy_data: dict[str, Any]) ->
 def test_missing_or_odd_user_attributes_do_not_match(policy_data: dict[str, Any]) -> None:
     policy_data["rules"] = [
         {"name": "acme", "match": {"tenant": "acme"}, "route": {"queue": "reports"}},
-        {"name": "ops", "match": {"roles": "admin"}, "route": {"queue": "beta",
-                                                              "exchange": "beta"}},
+        {
+            "name": "ops",
+            "match": {"roles": "admin"},
+            "route": {"queue": "beta", "exchange": "beta"},
+        },
     ]
     policy = Policy.from_dict(policy_data)
     assert policy.decide("x", "default", {}).rule is None
@@ -132,8 +146,11 @@ def test_anonymous_users_only_match_rules_without_user_conditions(
     policy_data["rules"] = [
         {"name": "pro", "match": {"tier": "pro"}, "route": {"queue": "reports"}},
         {"name": "ops", "match": {"roles": "admin"}, "route": {"queue": "reports"}},
-        {"name": "mail", "match": {"job": "email.*"}, "route": {"queue": "beta",
-                                                               "exchange": "beta"}},
+        {
+            "name": "mail",
+            "match": {"job": "email.*"},
+            "route": {"queue": "beta", "exchange": "beta"},
+        },
     ]
     policy = Policy.from_dict(policy_data)
     assert policy.decide("email.send", "default", None).rule == "mail"
@@ -144,8 +161,11 @@ def test_anonymous_users_only_match_rules_without_user_conditions(
 
 def test_queue_templates_are_filled_from_user_attributes(policy_data: dict[str, Any]) -> None:
     policy_data["rules"] = [
-        {"name": "dedicated", "match": {"attributes": {"isolation": "dedicated"}},
-         "route": {"queue": "tenant.{tenant}"}}
+        {
+            "name": "dedicated",
+            "match": {"attributes": {"isolation": "dedicated"}},
+            "route": {"queue": "tenant.{tenant}"},
+        }
     ]
     policy = Policy.from_dict(policy_data)
     user: dict[str, object] = {"tier": "pro", "tenant": "acme-42", "isolation": "dedicated"}
@@ -157,12 +177,19 @@ def test_queue_templates_are_filled_from_user_attributes(policy_data: dict[str, 
 
 def test_routing_key_templates_are_filled_in(policy_data: dict[str, Any]) -> None:
     policy_data["exchanges"]["events"] = {
-        "type": "topic", "bindings": [{"queue": "reports", "routing_key": "report.#"}]
+        "type": "topic",
+        "bindings": [{"queue": "reports", "routing_key": "report.#"}],
     }
     policy_data["rules"] = [
-        {"name": "reports", "match": {"job": "report.*"},
-         "route": {"exchange": "events", "queue": "reports",
-                   "routing_key": "report.{tenant}.{region}"}}
+        {
+            "name": "reports",
+            "match": {"job": "report.*"},
+            "route": {
+                "exchange": "events",
+                "queue": "reports",
+                "routing_key": "report.{tenant}.{region}",
+            },
+        }
     ]
     policy = Policy.from_dict(policy_data)
     route = policy.route("report.x", "default", {"tenant": "acme", "region": "eu"})
@@ -174,8 +201,11 @@ def test_a_template_value_the_user_lacks_is_an_error_not_a_silent_fallback(
 ) -> None:
     # Given a dedicated-isolation rule whose queue needs the tenant
     policy_data["rules"] = [
-        {"name": "dedicated", "match": {"attributes": {"isolation": "dedicated"}},
-         "route": {"queue": "tenant.{tenant}"}}
+        {
+            "name": "dedicated",
+            "match": {"attributes": {"isolation": "dedicated"}},
+            "route": {"queue": "tenant.{tenant}"},
+        }
     ]
     policy = Policy.from_dict(policy_data)
     # When the user has no tenant, Then routing fails loudly instead of using a shared queue
@@ -192,7 +222,8 @@ def test_policy_can_be_built_in_code() -> None:
     model = PolicyModel(
         tiers={"pro": TierModel(priority=5)},
         queues={"default": QueueModel(), "pro": QueueModel()},
-        rules=[RuleModel(name="pro", match=MatchModel(tier=["pro"]),
-                         route=RouteModel(queue="pro"))],
+        rules=[
+            RuleModel(name="pro", match=MatchModel(tier=["pro"]), route=RouteModel(queue="pro"))
+        ],
     )
     assert Policy(model).route("x", "default", {"tier": "pro"}) == Route("", "pro", "pro", 5)

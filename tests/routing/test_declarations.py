@@ -32,7 +32,9 @@ def test_tenant_templates_are_listed_apart(policy: Policy) -> None:
     [template] = policy.tenant_queue_templates()
     assert template == QueueDecl("tenant.{tenant}", 10, 10000, "reject-publish", None, True)
     assert template.arguments == {
-        "x-max-priority": 10, "x-max-length": 10000, "x-overflow": "reject-publish",
+        "x-max-priority": 10,
+        "x-max-length": 10000,
+        "x-overflow": "reject-publish",
     }
 
 
@@ -55,10 +57,16 @@ def test_declarations_for_tenant_refuse_unsafe_names(policy: Policy) -> None:
 
 def test_queues_for_tier_lists_the_tier_queues_and_the_shared_ones(policy: Policy) -> None:
     assert policy.queues_for_tier("enterprise") == [
-        ("default", 1), ("enterprise", 5), ("beta", 1), ("shared-reports", 1),
+        ("default", 1),
+        ("enterprise", 5),
+        ("beta", 1),
+        ("shared-reports", 1),
     ]
     assert policy.queues_for_tier("pro") == [
-        ("default", 1), ("beta", 1), ("shared-reports", 1), ("pro-only", 3),
+        ("default", 1),
+        ("beta", 1),
+        ("shared-reports", 1),
+        ("pro-only", 3),
     ]
     assert ("enterprise", 5) not in policy.queues_for_tier("free")
 

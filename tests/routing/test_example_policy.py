@@ -45,7 +45,9 @@ def test_dedicated_tenants_get_their_own_bounded_queue(example: Policy) -> None:
     assert decision.route == Route("", "tenant.acme", "tenant.acme", 9)
     [queue], _ = example.declarations_for_tenant("acme")
     assert (queue.name, queue.max_length, queue.overflow) == (
-        "tenant.acme", 10000, "reject-publish"
+        "tenant.acme",
+        10000,
+        "reject-publish",
     )
 
 

@@ -9,12 +9,21 @@ from routing import Policy
 
 def make_policy(policy_data: dict[str, Any]) -> Policy:
     policy_data["rules"] = [
-        {"name": "beta", "match": {"group": "beta"},
-         "route": {"exchange": "beta", "queue": "beta"}},
-        {"name": "ops", "match": {"roles": ["admin", "oncall"], "job": "alerts.*"},
-         "route": {"priority": 9}},
-        {"name": "dedicated", "match": {"attributes": {"isolation": "dedicated"}},
-         "route": {"queue": "tenant.{tenant}"}},
+        {
+            "name": "beta",
+            "match": {"group": "beta"},
+            "route": {"exchange": "beta", "queue": "beta"},
+        },
+        {
+            "name": "ops",
+            "match": {"roles": ["admin", "oncall"], "job": "alerts.*"},
+            "route": {"priority": 9},
+        },
+        {
+            "name": "dedicated",
+            "match": {"attributes": {"isolation": "dedicated"}},
+            "route": {"queue": "tenant.{tenant}"},
+        },
     ]
     return Policy.from_dict(policy_data)
 
@@ -38,11 +47,14 @@ def test_explain_names_the_rule_the_route_and_where_each_field_came_from(
 
 
 def test_explain_when_the_defaults_apply(policy_data: dict[str, Any]) -> None:
-    text = make_policy(policy_data).explain("report.build", "default", {"tier": "enterprise",
-                                                                         "group": "staff"})
+    text = make_policy(policy_data).explain(
+        "report.build", "default", {"tier": "enterprise", "group": "staff"}
+    )
     assert "rule 'beta' did not match: group is 'staff' (wanted 'beta')" in text
-    assert "rule 'ops' did not match: job is 'report.build' (wanted matching 'alerts.*'); " \
-           "roles is missing (wanted any of 'admin' or 'oncall')" in text
+    assert (
+        "rule 'ops' did not match: job is 'report.build' (wanted matching 'alerts.*'); "
+        "roles is missing (wanted any of 'admin' or 'oncall')" in text
+    )
     assert "no rule matched, so the defaults apply" in text
     assert "queue 'enterprise' (from tier 'enterprise')" in text
     assert "priority 9 (from tier 'enterprise')" in text

@@ -141,8 +141,11 @@ def test_exchange_route_without_a_matching_binding_is_refused(
 ) -> None:
     # Given exchange 'beta' is bound to queue 'beta' only, and a rule sends 'reports' through it
     policy_data["rules"] = [
-        {"name": "beta-reports", "match": {"group": "beta"},
-         "route": {"exchange": "beta", "queue": "reports"}}
+        {
+            "name": "beta-reports",
+            "match": {"group": "beta"},
+            "route": {"exchange": "beta", "queue": "reports"},
+        }
     ]
     message = load_error(policy_data)
     assert "rule 'beta-reports' publishes to exchange 'beta' with routing key 'reports'" in message
@@ -151,15 +154,21 @@ def test_exchange_route_without_a_matching_binding_is_refused(
 
 def test_topic_binding_patterns_are_understood(policy_data: dict[str, Any]) -> None:
     policy_data["exchanges"]["events"] = {
-        "type": "topic", "bindings": [{"queue": "reports", "routing_key": "report.#"}]
+        "type": "topic",
+        "bindings": [{"queue": "reports", "routing_key": "report.#"}],
     }
     policy_data["rules"] = [
-        {"name": "reports", "match": {"job": "report.*"},
-         "route": {"exchange": "events", "queue": "reports", "routing_key": "report.daily.eu"}}
+        {
+            "name": "reports",
+            "match": {"job": "report.*"},
+            "route": {"exchange": "events", "queue": "reports", "routing_key": "report.daily.eu"},
+        }
     ]
     route = Policy.from_dict(policy_data).route("report.daily", "default", None)
     assert (route.exchange, route.routing_key, route.queue) == (
-        "events", "report.daily.eu", "reports"
+        "events",
+        "report.daily.eu",
+        "reports",
     )
 
 
@@ -196,8 +205,10 @@ def test_template_placeholder_that_is_not_an_attribute_is_refused(
         {"name": "zoned", "match": {"group": "zoned"}, "route": {"queue": "tenant.{tenant}.{zone}"}}
     ]
     message = load_error(policy_data)
-    assert "queue 'tenant.{tenant}.{zone}': the name 'tenant.{tenant}.{zone}' uses placeholder " \
-           "{zone}, which is not a known user attribute" in message
+    assert (
+        "queue 'tenant.{tenant}.{zone}': the name 'tenant.{tenant}.{zone}' uses placeholder "
+        "{zone}, which is not a known user attribute" in message
+    )
     assert "rule 'zoned': queue 'tenant.{tenant}.{zone}' uses placeholder {zone}" in message
 
 
@@ -240,8 +251,11 @@ def test_a_rule_narrower_than_an_earlier_one_is_shadowed(policy_data: dict[str, 
     # Given {tier: pro} before {tier: pro, tenant: acme}
     policy_data["rules"] = [
         {"name": "pro", "match": {"tier": "pro"}, "route": {"queue": "reports"}},
-        {"name": "pro-acme", "match": {"tier": "pro", "tenant": "acme"},
-         "route": {"queue": "beta", "exchange": "beta"}},
+        {
+            "name": "pro-acme",
+            "match": {"tier": "pro", "tenant": "acme"},
+            "route": {"queue": "beta", "exchange": "beta"},
+        },
     ]
     message = load_error(policy_data)
     assert "rule 'pro-acme' can never match: the earlier rule 'pro'" in message

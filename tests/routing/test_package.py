@@ -9,13 +9,15 @@ from pathlib import Path
 
 def test_routing_imports_neither_aio_pika_nor_amqp_jobs(repo_root: Path) -> None:
     # Given a fresh interpreter, When routing is imported, Then no broker code comes with it
-    probe = "\n".join([
-        "import sys",
-        f"sys.path.insert(0, {str(repo_root)!r})",
-        "import routing, routing.policy",
-        "broker = ('aio_pika', 'aiormq', 'amqp_jobs')",
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in broker))",
-    ])
+    probe = "\n".join(
+        [
+            "import sys",
+            f"sys.path.insert(0, {str(repo_root)!r})",
+            "import routing, routing.policy",
+            "broker = ('aio_pika', 'aiormq', 'amqp_jobs')",
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in broker))",
+        ]
+    )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
