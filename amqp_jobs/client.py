@@ -246,7 +246,6 @@ class Client:
         *,
         exchange: str = "",
         routing_key: str | None = None,
-        now: float | None = None,
     ) -> Publication:
         """Where an envelope goes: into the delay levels, to ``exchange``, or to its queue."""
         amqp_queue = self.topology.queue_name(envelope.queue)
@@ -261,17 +260,15 @@ class Client:
         )
         delay_ms = 0
         if envelope.not_before is not None:
-            delay_ms = round((envelope.not_before - (now or time.time())) * 1000)
+            delay_ms = round((envelope.not_before - time.time()) * 1000)
         if delay_ms > 0:
             # A delayed job leaves the delay levels straight into its (routed) queue.
             delayed_exchange, delayed_key = self.topology.delay_route(delay_ms, amqp_queue)
             return Publication(message, delayed_exchange, delayed_key)
         return Publication(message, exchange, routing_key or amqp_queue)
 
-    def _publication_of(self, job: PreparedJob, now: float | None = None) -> Publication:
-        return self.publication(
-            job.envelope, exchange=job.exchange, routing_key=job.routing_key, now=now
-        )
+    def _publication_of(self, job: PreparedJob) -> Publication:
+        return self.publication(job.envelope, exchange=job.exchange, routing_key=job.routing_key)
 
     async def _prepare_route(self, job: PreparedJob) -> None:
         """Declare what the job's route needs; announce a tenant queue the first time."""
@@ -332,7 +329,6 @@ class Client:
         for job in jobs:
             if job.envelope.queue not in self._ready.get(job.vhost, ()):
                 await self._prepare_route(job)
-        now = time.time()
         by_vhost: dict[str | None, list[int]] = {}
         for index, job in enumerate(jobs):
             by_vhost.setdefault(job.vhost, []).append(index)
@@ -340,7 +336,7 @@ class Client:
         for vhost, indexes in by_vhost.items():
             transport = await self.transport_for(vhost)
             results = await transport.publish_many(
-                [self._publication_of(jobs[i], now) for i in indexes],
+                (self._publication_of(jobs[i]) for i in indexes),
                 timeout=self.publish_timeout,
                 window=window,
             )

@@ -203,7 +203,6 @@ class Worker:
             await hook(self)
         for subscription in self._subscriptions:
             await subscription.cancel()
-        self._subscriptions.clear()
         if self._in_flight:
             _, unfinished = await asyncio.wait(set(self._in_flight), timeout=grace)
             for task in unfinished:
@@ -213,10 +212,13 @@ class Worker:
                     "handing back %d jobs still running after %.1fs", len(unfinished), grace
                 )
                 await asyncio.wait(unfinished, timeout=10)
+        await asyncio.sleep(0)  # let the last batched acks go out before the channels close
+        for subscription in self._subscriptions:
+            await subscription.close()
+        self._subscriptions.clear()
         await self.app.run_shutdown(self._resources)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        await asyncio.sleep(0)  # let the last batched acks go out
         log.info("worker %s stopped: %s", self.worker_id, self.stats)
 
     async def run(self) -> None:

@@ -38,33 +38,40 @@ log = logging.getLogger(__name__)
 _PERSISTENT = 2
 
 
+def translate(error: BaseException, action: str) -> BaseException:
+    """The amqp-jobs error for an aio-pika / aiormq error raised while doing ``action``."""
+    if isinstance(error, aiormq.exceptions.PublishError):
+        return UnroutableError(
+            f"{action}: the broker returned the message as unroutable "
+            f"({getattr(error.frame, 'reply_text', 'NO_ROUTE')}); "
+            "declare the queue or check the route"
+        )
+    if isinstance(error, aiormq.exceptions.DeliveryError):
+        return PublishNackedError(
+            f"{action}: the broker refused the message (negative confirm); "
+            "the queue may be full (overflow reject-publish)"
+        )
+    if isinstance(error, TimeoutError):
+        return PublishTimeoutError(
+            f"{action}: no confirm from the broker in time; the job may or may not be queued"
+        )
+    if isinstance(error, aiormq.exceptions.ChannelPreconditionFailed):
+        return ConfigurationError(
+            f"{action}: the broker refused it ({error}); an existing queue or exchange "
+            "was declared with other arguments: delete it or use another namespace"
+        )
+    if isinstance(error, aiormq.exceptions.AMQPError | ConnectionError | RuntimeError):
+        return TransportError(f"{action}: {type(error).__name__}: {error}")
+    return error
+
+
 @contextlib.contextmanager
 def translate_errors(action: str) -> Iterator[None]:
     """Turn aio-pika / aiormq errors raised while doing ``action`` into amqp-jobs errors."""
     try:
         yield
-    except aiormq.exceptions.PublishError as exc:
-        raise UnroutableError(
-            f"{action}: the broker returned the message as unroutable "
-            f"({getattr(exc.frame, 'reply_text', 'NO_ROUTE')}); "
-            "declare the queue or check the route"
-        ) from None
-    except aiormq.exceptions.DeliveryError as exc:
-        raise PublishNackedError(
-            f"{action}: the broker refused the message (negative confirm); "
-            "the queue may be full (overflow reject-publish)"
-        ) from exc
-    except TimeoutError as exc:
-        raise PublishTimeoutError(
-            f"{action}: no confirm from the broker in time; the job may or may not be queued"
-        ) from exc
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        raise ConfigurationError(
-            f"{action}: the broker refused it ({exc}); an existing queue or exchange "
-            "was declared with other arguments: delete it or use another namespace"
-        ) from None
-    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-        raise TransportError(f"{action}: {type(exc).__name__}: {exc}") from exc
+    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
+        raise translate(exc, action) from exc
 
 
 class _AckBatcher:
@@ -211,6 +218,11 @@ class AmqpSubscription(Subscription):
                 await self._queue.cancel(self._tag)
             self._tag = None
 
+    async def close(self) -> None:
+        await self.cancel()
+        with contextlib.suppress(Exception):
+            await self._channel.close()
+
 
 class AmqpQueueReader(QueueReader):
     """Reads messages with basic.get; whatever is not acked returns to the queue on close."""
@@ -330,13 +342,38 @@ class AmqpTransport(Transport):
         in a disconnect may thus reach the queue twice (at-least-once; ids tell them
         apart). Returned, refused or unconfirmed publishes raise at once.
         """
-        if self._publish_channel is None:
-            raise TransportError("the transport is not connected; call connect() first")
-        channel = self._publish_channel
-        action = f"publishing job {message.message_id} ({message.type})"
+        error = await self._publish(message, exchange, routing_key, timeout)
+        if error is not None:
+            raise error
+
+    async def _publish(
+        self, message: OutgoingMessage, exchange: str, routing_key: str, timeout: float
+    ) -> BaseException | None:
+        """Publish; return the (translated) error instead of raising it."""
+        channel, connection = self._publish_channel, self._connection
+        if channel is None or connection is None:
+            return TransportError("the transport is not connected; call connect() first")
         properties = _properties(message)
-        with translate_errors(action):
-            async with asyncio.timeout(timeout):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if connection.connected.is_set() and not channel.is_closed:
+            # The usual case, kept cheap: one try, aiormq's own timeout, no retry machinery.
+            try:
+                underlay = await channel.get_underlay_channel()
+                await underlay.basic_publish(
+                    message.body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=True,
+                    timeout=timeout,
+                )
+                return None
+            except Exception as exc:
+                if not _is_connection_loss(exc):
+                    return translate(exc, _publishing(message))
+        try:
+            async with asyncio.timeout_at(deadline):
                 async for attempt in tenacity.AsyncRetrying(
                     wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
                     retry=tenacity.retry_if_exception(_is_connection_loss),
@@ -351,26 +388,32 @@ class AmqpTransport(Transport):
                             properties=properties,
                             mandatory=True,
                         )
+        except Exception as exc:
+            return translate(exc, _publishing(message))
+        return None
 
     async def publish_many(
         self, publications: Iterable[Publication], *, timeout: float, window: int = 500
     ) -> list[BaseException | None]:
-        in_flight = asyncio.Semaphore(window)
+        # Publications are taken from the iterable only when a slot in the window is
+        # free, so a delayed job's delay is computed right before it is sent.
+        slots = asyncio.Semaphore(window)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[BaseException | None]] = []
 
-        async def one(publication: Publication) -> BaseException | None:
-            async with in_flight:
-                try:
-                    await self.publish(
-                        publication.message,
-                        publication.exchange,
-                        publication.routing_key,
-                        timeout=timeout,
-                    )
-                except TransportError as exc:
-                    return exc
-                return None
+        def release(_: object) -> None:
+            slots.release()
 
-        return list(await asyncio.gather(*(one(p) for p in publications)))
+        for publication in publications:
+            await slots.acquire()
+            task = loop.create_task(
+                self._publish(
+                    publication.message, publication.exchange, publication.routing_key, timeout
+                )
+            )
+            task.add_done_callback(release)
+            tasks.append(task)
+        return list(await asyncio.gather(*tasks))
 
     async def consume(
         self,
@@ -426,6 +469,10 @@ class AmqpTransport(Transport):
             with translate_errors(f"inspecting {queue!r}"):
                 result = await channel.queue_declare(queue, passive=True)
         return int(result.message_count or 0)
+
+
+def _publishing(message: OutgoingMessage) -> str:
+    return f"publishing job {message.message_id} ({message.type})"
 
 
 def _is_connection_loss(error: BaseException) -> bool:

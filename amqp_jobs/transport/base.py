@@ -73,6 +73,10 @@ class Subscription(abc.ABC):
     async def cancel(self) -> None:
         """Stop receiving new messages; settled and unsettled ones are unaffected."""
 
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Cancel, then release the consumer's channel (unsettled messages go back)."""
+
 
 class QueueReader(abc.ABC):
     """Reads messages one by one (basic.get) without consuming."""
