@@ -37,6 +37,10 @@ class RouteLike(Protocol):
     def vhost(self) -> str | None: ...
 
 
+DELAYED_WINDOW = 16
+"""Confirms in flight when publishing delayed jobs in bulk (see ``Client.enqueue_many``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class JobHandle:
     """A published job: its id and where it went."""
@@ -329,16 +333,19 @@ class Client:
         for job in jobs:
             if job.envelope.queue not in self._ready.get(job.vhost, ()):
                 await self._prepare_route(job)
-        by_vhost: dict[str | None, list[int]] = {}
+        # Batches per virtual host, and delayed jobs apart: a delay is computed when its
+        # publication is made, so a delayed job must not wait long in the send queue
+        # behind hundreds of others (that wait would make it start late).
+        batches: dict[tuple[str | None, bool], list[int]] = {}
         for index, job in enumerate(jobs):
-            by_vhost.setdefault(job.vhost, []).append(index)
+            batches.setdefault((job.vhost, job.envelope.not_before is not None), []).append(index)
         outcomes: list[BaseException | None] = [None] * len(jobs)
-        for vhost, indexes in by_vhost.items():
+        for (vhost, delayed), indexes in batches.items():
             transport = await self.transport_for(vhost)
             results = await transport.publish_many(
                 (self._publication_of(jobs[i]) for i in indexes),
                 timeout=self.publish_timeout,
-                window=window,
+                window=min(window, DELAYED_WINDOW) if delayed else window,
             )
             for index, result in zip(indexes, results, strict=True):
                 outcomes[index] = result

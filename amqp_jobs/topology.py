@@ -198,6 +198,7 @@ class Topology:
                 self.delay_queue(level),
                 {
                     "x-queue-type": "classic",
+                    "x-queue-version": 2,
                     "x-message-ttl": 1 << level,
                     "x-dead-letter-exchange": lower,
                 },
