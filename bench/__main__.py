@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import delay, drain, latency, publish, routing_scenario
+from bench import delay, drain, latency, publish, routed_drain, routing_scenario
 from bench.common import DEFAULT_URL, Metric, log
 
-SCENARIOS = ("drain", "publish", "latency", "delay", "routing")
+SCENARIOS = ("drain", "publish", "latency", "delay", "routing", "routed")
 QUICK_MAX_DELAY = 10.0
 
 
@@ -95,6 +95,10 @@ async def run_scenario(name: str, args: argparse.Namespace) -> list[Metric]:
     if name == "delay":
         return await delay.run(
             args.url, jobs=args.delay_jobs, max_delay=args.max_delay, rounds=args.rounds
+        )
+    if name == "routed":
+        return await routed_drain.run(
+            args.url, jobs=args.jobs, rounds=args.rounds, concurrency=args.concurrency
         )
     return routing_scenario.run()
 

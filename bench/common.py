@@ -191,7 +191,12 @@ def envelope_size(app: JobApp, job: str, data: Any) -> int:
 
 @contextlib.asynccontextmanager
 async def scenario_app(
-    url: str, namespace: str, *, raw_queues: Sequence[str] = (), raw_exchanges: Sequence[str] = ()
+    url: str,
+    namespace: str,
+    *,
+    raw_queues: Sequence[str] = (),
+    raw_exchanges: Sequence[str] = (),
+    routing: Any = None,
 ) -> AsyncIterator[JobApp]:
     """A connected app in ``namespace``; on exit (error or not) deletes everything declared.
 
@@ -199,7 +204,7 @@ async def scenario_app(
     every queue the app's client declared, plus the named raw-baseline queues and
     exchanges; then the connection is closed.
     """
-    app = JobApp(url, namespace=namespace, service=namespace)
+    app = JobApp(url, namespace=namespace, service=namespace, routing=routing)
     try:
         await app.connect()
         yield app
@@ -214,11 +219,10 @@ async def delete_everything(
     app: JobApp, *, raw_queues: Sequence[str] = (), raw_exchanges: Sequence[str] = ()
 ) -> None:
     """Delete the app's infrastructure, its work queues and the given raw queues/exchanges."""
-    declared = getattr(app.client, "ready_queues", None)  # renamed from _ready_queues
-    if declared is None:
-        declared = getattr(app.client, "_ready_queues", set())
-    queues = set(declared) | {d.queue for d in app.registry.values()}
+    queues = app.client.ready_queues | {d.queue for d in app.registry.values()}
     declarations: list[Declaration] = list(app.topology.infrastructure())
+    if app.router is not None:
+        declarations += app.router.static_declarations()
     for queue in sorted(queues):
         declarations += app.topology.work_queue(queue)
     declarations += [QueueDecl(name) for name in raw_queues]

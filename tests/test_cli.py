@@ -67,7 +67,7 @@ def test_topology_prints_every_exchange_queue_and_binding(namespace: str) -> Non
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert (
-        f"queue    {namespace}.q.default x-queue-type=classic x-max-priority=10 "
+        f"queue    {namespace}.q.default x-queue-type=classic x-queue-version=2 x-max-priority=10 "
         f"x-dead-letter-exchange={namespace}.dead" in lines
     )
     assert f"exchange {namespace}.delay.35 (topic)" in lines
