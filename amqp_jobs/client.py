@@ -115,6 +115,7 @@ class Client:
         self.vhost_transports: dict[str, Transport] = {}
         # What was declared, per virtual host (None: the connection's own).
         self._ready: dict[str | None, set[str]] = {}
+        self._declarations: dict[str, tuple[Declaration, ...]] = {}  # per queue, made once
 
     @property
     def ready_queues(self) -> set[str]:
@@ -178,6 +179,12 @@ class Client:
         ready.add(queue)
         return True
 
+    def _work_queue_declarations(self, queue: str) -> tuple[Declaration, ...]:
+        declarations = self._declarations.get(queue)
+        if declarations is None:
+            declarations = self._declarations[queue] = tuple(self.topology.work_queue(queue))
+        return declarations
+
     async def build(
         self,
         job: str,
@@ -217,7 +224,7 @@ class Client:
             vhost = route.vhost
         else:
             exchange, routing_key = "", self.topology.queue_name(queue)
-            declarations, tenant_queue = tuple(self.topology.work_queue(queue)), False
+            declarations, tenant_queue = self._work_queue_declarations(queue), False
         if priority is not None and not 0 <= priority <= self.topology.max_priority:
             raise ConfigurationError(
                 f"priority {priority} of job {job!r} is outside 0..{self.topology.max_priority}"

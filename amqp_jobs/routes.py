@@ -23,6 +23,7 @@ from amqp_jobs.errors import ConfigurationError
 from amqp_jobs.topology import BindingDecl, Declaration, ExchangeDecl, QueueDecl, Topology
 
 REGISTRY_RETENTION_BYTES = 100_000_000
+_RESOLVED_CACHE_LIMIT = 100_000
 
 
 class PolicyQueue(Protocol):
@@ -119,6 +120,8 @@ class Router:
         self.policy = policy
         self.topology = topology
         self._static_queues = {q.name: q for q in policy.queues()}
+        # queue -> (is a tenant queue, its declarations): the same for every job routed there.
+        self._resolved: dict[str, tuple[bool, tuple[Declaration, ...]]] = {}
 
     # --- names -------------------------------------------------------------------------
 
@@ -181,6 +184,10 @@ class Router:
     ) -> ResolvedRoute:
         """Apply the policy to one job and its user."""
         route = self.policy.route(job, queue, user, labels)
+        known = self._resolved.get(route.queue)
+        if known is not None:
+            tenant_queue, declarations_made = known
+            return self._resolved_route(route, tenant_queue, declarations_made)
         declarations: list[Declaration] | None = None
         if route.queue not in self._static_queues and user is not None and "tenant" in user:
             attributes = {k: str(v) for k, v in user.items() if isinstance(v, str | int)}
@@ -191,6 +198,13 @@ class Router:
         tenant_queue = declarations is not None
         if declarations is None:
             declarations = self.declarations_for(route.queue)
+        if len(self._resolved) < _RESOLVED_CACHE_LIMIT:
+            self._resolved[route.queue] = (tenant_queue, tuple(declarations))
+        return self._resolved_route(route, tenant_queue, tuple(declarations))
+
+    def _resolved_route(
+        self, route: RouteLike, tenant_queue: bool, declarations: tuple[Declaration, ...]
+    ) -> ResolvedRoute:
         amqp_queue = self.topology.queue_name(route.queue)
         exchange = self.exchange_name(route.exchange)
         return ResolvedRoute(
@@ -200,7 +214,7 @@ class Router:
             queue=route.queue,
             priority=route.priority,
             tenant_queue=tenant_queue,
-            declarations=tuple(declarations),
+            declarations=declarations,
             vhost=route.vhost,
         )
 

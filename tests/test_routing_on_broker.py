@@ -280,3 +280,36 @@ async def test_a_tenant_routed_to_its_own_vhost_is_isolated_there(
     finally:
         await publisher.close()
         rabbitmqctl("delete_vhost", vhost)
+
+
+async def test_a_group_routes_through_its_own_exchange_to_its_own_queue(
+    make_app: Callable[..., JobApp],
+) -> None:
+    # Given a policy sending the "beta" group through exchange "beta" to queue "beta"
+    policy = Policy.from_dict(
+        {
+            "queues": {"default": {}, "beta": {}},
+            "exchanges": {"beta": {"type": "direct", "bindings": [{"queue": "beta"}]}},
+            "rules": [
+                {
+                    "name": "beta",
+                    "match": {"group": "beta"},
+                    "route": {"exchange": "beta", "queue": "beta"},
+                }
+            ],
+        }
+    )
+    app = make_app(routing=policy)
+    seen: list[dict[str, Any]] = []
+    register_recorder(app, seen)
+
+    # When a beta tester's job and a regular user's job are published
+    beta = await app.enqueue("work.record", {"n": 1}, user={"group": "beta"})
+    regular = await app.enqueue("work.record", {"n": 2}, user={"group": "staff"})
+
+    # Then the beta job went through the beta exchange into the beta queue only
+    assert (beta.queue, regular.queue) == ("beta", "default")
+    assert await app.queue("beta").size() == 1 and await app.queue("default").size() == 1
+    async with running(app, queues=["beta"]):
+        await wait_until(lambda: seen, timeout=10)
+    assert [s["group"] for s in seen] == ["beta"]

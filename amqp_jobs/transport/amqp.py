@@ -347,15 +347,23 @@ class AmqpTransport(Transport):
             raise error
 
     async def _publish(
-        self, message: OutgoingMessage, exchange: str, routing_key: str, timeout: float
+        self,
+        message: OutgoingMessage,
+        exchange: str,
+        routing_key: str,
+        timeout: float,
+        *,
+        confirm_timeout: bool = True,
     ) -> BaseException | None:
-        """Publish; return the (translated) error instead of raising it."""
+        """Publish; return the (translated) error instead of raising it.
+
+        ``confirm_timeout=False`` leaves the time limit to the caller (``publish_many``
+        watches a whole batch instead of arming one timer per message).
+        """
         channel, connection = self._publish_channel, self._connection
         if channel is None or connection is None:
             return TransportError("the transport is not connected; call connect() first")
         properties = _properties(message)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         if connection.connected.is_set() and not channel.is_closed:
             # The usual case, kept cheap: one try, aiormq's own timeout, no retry machinery.
             try:
@@ -366,14 +374,17 @@ class AmqpTransport(Transport):
                     routing_key=routing_key,
                     properties=properties,
                     mandatory=True,
-                    timeout=timeout,
+                    timeout=timeout if confirm_timeout else None,
+                    # The confirm comes after the write anyway: skip the drain future.
+                    # (aiormq's Channel takes `wait`; its abstract base does not say so.)
+                    wait=False,  # type: ignore[call-arg]
                 )
                 return None
             except Exception as exc:
                 if not _is_connection_loss(exc):
                     return translate(exc, _publishing(message))
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(timeout):
                 async for attempt in tenacity.AsyncRetrying(
                     wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
                     retry=tenacity.retry_if_exception(_is_connection_loss),
@@ -395,25 +406,59 @@ class AmqpTransport(Transport):
     async def publish_many(
         self, publications: Iterable[Publication], *, timeout: float, window: int = 500
     ) -> list[BaseException | None]:
-        # Publications are taken from the iterable only when a slot in the window is
-        # free, so a delayed job's delay is computed right before it is sent.
+        """Publish with up to ``window`` confirms in flight.
+
+        Publications are taken from the iterable only when a slot is free, so a delayed
+        job's delay is computed right before it is sent. ``timeout`` bounds the wait for
+        progress: if no confirm arrives for that long, the publishes still waiting fail
+        with :class:`PublishTimeoutError` (one watchdog, not a timer per message).
+        """
         slots = asyncio.Semaphore(window)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[BaseException | None]] = []
+        messages: list[OutgoingMessage] = []
+        pending: set[asyncio.Task[BaseException | None]] = set()
+        last_progress = loop.time()
 
-        def release(_: object) -> None:
+        def settled(task: asyncio.Task[BaseException | None]) -> None:
+            nonlocal last_progress
+            last_progress = loop.time()
+            pending.discard(task)
             slots.release()
 
-        for publication in publications:
-            await slots.acquire()
-            task = loop.create_task(
-                self._publish(
-                    publication.message, publication.exchange, publication.routing_key, timeout
+        async def watchdog() -> None:
+            while True:
+                await asyncio.sleep(min(timeout, 1.0))
+                if pending and loop.time() - last_progress > timeout:
+                    for task in list(pending):
+                        task.cancel()
+
+        watching = loop.create_task(watchdog())
+        try:
+            for publication in publications:
+                await slots.acquire()
+                task = loop.create_task(
+                    self._publish(
+                        publication.message,
+                        publication.exchange,
+                        publication.routing_key,
+                        timeout,
+                        confirm_timeout=False,
+                    )
                 )
-            )
-            task.add_done_callback(release)
-            tasks.append(task)
-        return list(await asyncio.gather(*tasks))
+                task.add_done_callback(settled)
+                pending.add(task)
+                tasks.append(task)
+                messages.append(publication.message)
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            watching.cancel()
+        return [
+            translate(TimeoutError(), _publishing(message))
+            if isinstance(outcome, asyncio.CancelledError)
+            else outcome
+            for message, outcome in zip(messages, outcomes, strict=True)
+        ]
 
     async def consume(
         self,
