@@ -269,9 +269,14 @@ async def raw_publish_many(
     *,
     window: int = 500,
     exchange_name: str = "",
+    unique_ids: bool = False,
     **message_options: Any,
 ) -> None:
-    """The raw baseline publisher: confirms on, ``window`` publishes in flight, mandatory."""
+    """The raw baseline publisher: confirms on, ``window`` publishes in flight, mandatory.
+
+    ``message_options`` are AMQP properties for every message; ``unique_ids`` gives each
+    message its own ``message_id`` (as amqp-jobs does with the job id).
+    """
     channel = await connection.channel(publisher_confirms=True)
     try:
         exchange = (
@@ -283,9 +288,12 @@ async def raw_publish_many(
 
         async def one(body: bytes) -> None:
             async with in_flight:
+                options = dict(message_options)
+                if unique_ids:
+                    options["message_id"] = str(uuid.uuid4())
                 await exchange.publish(
                     aio_pika.Message(
-                        body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **message_options
+                        body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, **options
                     ),
                     routing_key,
                     mandatory=True,

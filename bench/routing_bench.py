@@ -34,15 +34,21 @@ def build_policy(rule_count: int = RULE_COUNT) -> Policy:
         else:
             match = {"labels": {"team": f"team-{number}"}, "queue": "default"}
         rules.append({"name": f"rule-{number}", "match": match, "route": {"queue": "special"}})
-    rules.append({"name": "pro-mail", "match": {"tier": "pro", "job": "email.*"},
-                  "route": {"priority": 7}})
-    return Policy.from_dict({
-        "attributes": ["region"],
-        "tiers": {"free": {"priority": 1}, "pro": {"priority": 5},
-                  "enterprise": {"priority": 9}},
-        "queues": {"default": {}, "special": {}},
-        "rules": rules,
-    })
+    rules.append(
+        {"name": "pro-mail", "match": {"tier": "pro", "job": "email.*"}, "route": {"priority": 7}}
+    )
+    return Policy.from_dict(
+        {
+            "attributes": ["region"],
+            "tiers": {
+                "free": {"priority": 1},
+                "pro": {"priority": 5},
+                "enterprise": {"priority": 9},
+            },
+            "queues": {"default": {}, "special": {}},
+            "rules": rules,
+        }
+    )
 
 
 def run(n: int = 100_000) -> dict[str, float]:

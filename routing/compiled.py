@@ -27,7 +27,14 @@ class RoutePlan:
     """How one rule (or the defaults) routes users of one tier."""
 
     __slots__ = (
-        "_cache", "_fixed", "exchange", "priority", "queue", "routing_key", "rule", "sources",
+        "_cache",
+        "_fixed",
+        "exchange",
+        "priority",
+        "queue",
+        "routing_key",
+        "rule",
+        "sources",
         "vhost",
     )
 
@@ -118,20 +125,44 @@ def plan_route(
     by_tier = f"from tier {tier_name!r}"
     defaults = model.defaults
     sources: dict[str, str] = {}
-    queue = _first(sources, "queue", "the job's own queue", [
-        (route.queue, by_rule), (tier.queue if tier else None, by_tier),
-        (defaults.queue, "from defaults"),
-    ])
-    priority = _first(sources, "priority", "no rule, tier or default sets one", [
-        (route.priority, by_rule), (tier.priority if tier else None, by_tier),
-        (defaults.priority, "from defaults"),
-    ])
-    exchange = _first(sources, "exchange", "from defaults", [
-        (route.exchange, by_rule), (defaults.exchange, "from defaults"),
-    ])
-    routing_key = _first(sources, "routing_key", "the queue name", [
-        (route.routing_key, by_rule), (defaults.routing_key, "from defaults"),
-    ])
+    queue = _first(
+        sources,
+        "queue",
+        "the job's own queue",
+        [
+            (route.queue, by_rule),
+            (tier.queue if tier else None, by_tier),
+            (defaults.queue, "from defaults"),
+        ],
+    )
+    priority = _first(
+        sources,
+        "priority",
+        "no rule, tier or default sets one",
+        [
+            (route.priority, by_rule),
+            (tier.priority if tier else None, by_tier),
+            (defaults.priority, "from defaults"),
+        ],
+    )
+    exchange = _first(
+        sources,
+        "exchange",
+        "from defaults",
+        [
+            (route.exchange, by_rule),
+            (defaults.exchange, "from defaults"),
+        ],
+    )
+    routing_key = _first(
+        sources,
+        "routing_key",
+        "the queue name",
+        [
+            (route.routing_key, by_rule),
+            (defaults.routing_key, "from defaults"),
+        ],
+    )
     return RoutePlan(
         rule=rule.name if rule is not None else None,
         exchange=exchange or "",

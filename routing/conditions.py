@@ -65,9 +65,7 @@ class MatchSpec:
     @property
     def is_catch_all(self) -> bool:
         """True when the rule has no conditions at all."""
-        return not (
-            self.user_values or self.labels or self.roles or self.jobs or self.queues
-        )
+        return not (self.user_values or self.labels or self.roles or self.jobs or self.queues)
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,8 +103,9 @@ class Topology:
             weights[name] = queue.weight or (tier_weights[0] if tier_weights else 1)
             is_template = not Template.parse(name).is_static
             queues.append(
-                QueueDecl(name, queue.max_priority, queue.max_length, queue.overflow, tier,
-                          is_template)
+                QueueDecl(
+                    name, queue.max_priority, queue.max_length, queue.overflow, tier, is_template
+                )
             )
         bindings = [
             BindingDecl(exchange_name, binding.queue, binding.routing_key or binding.queue)
@@ -135,16 +136,16 @@ class Topology:
         """Patterns recognising tenant queues consumed by workers of `tier`."""
         return [
             TenantQueuePattern(
-                queue.name, queue.tier, self.weights[queue.name],
+                queue.name,
+                queue.tier,
+                self.weights[queue.name],
                 Template.parse(queue.name).pattern(),
             )
             for queue in self.tenant_queues
             if queue.tier in (tier, None)
         ]
 
-    def for_tenant(
-        self, values: Mapping[str, object]
-    ) -> tuple[list[QueueDecl], list[BindingDecl]]:
+    def for_tenant(self, values: Mapping[str, object]) -> tuple[list[QueueDecl], list[BindingDecl]]:
         """The tenant queues and their bindings with the placeholders filled from `values`."""
         queues = [
             replace(queue, name=Template.parse(queue.name).render(values), tenant_template=False)

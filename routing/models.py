@@ -26,6 +26,7 @@ def _one_or_many(value: Any) -> Any:
 Names = Annotated[list[str], BeforeValidator(_one_or_many), Field(min_length=1)]
 """One string or a non-empty list of strings (any-of)."""
 
+
 def _one_or_many_scalars(value: Any) -> Any:
     """Like `_one_or_many`, with one clear message instead of one per scalar type."""
     values = _one_or_many(value)

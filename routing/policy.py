@@ -32,9 +32,7 @@ class Policy:
         self._model = model
         self._tier_names = frozenset(model.tiers)
         templates = _parse_templates(model)
-        self._rules = tuple(
-            _compile_rule(model, templates, rule) for rule in [*model.rules, None]
-        )
+        self._rules = tuple(_compile_rule(model, templates, rule) for rule in [*model.rules, None])
         problems = route_problems(model, self._rules)
         if problems:
             raise PolicyError(problems)
@@ -199,10 +197,7 @@ def _parse_templates(model: PolicyModel) -> dict[str, Template]:
     """Every queue and routing-key template the routes can use, parsed once."""
     texts = [*model.queues]
     texts += [
-        text
-        for rule in model.rules
-        for text in (rule.route.routing_key, rule.route.vhost)
-        if text
+        text for rule in model.rules for text in (rule.route.routing_key, rule.route.vhost) if text
     ]
     if model.defaults.routing_key:
         texts.append(model.defaults.routing_key)

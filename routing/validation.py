@@ -130,9 +130,7 @@ def _tier_problems(model: PolicyModel) -> Iterator[str]:
             )
     for queue_name, tier_names in tiers_naming_queue(model).items():
         queue = model.queues.get(queue_name)
-        weights = {
-            weight for t in tier_names if (weight := model.tiers[t].weight) is not None
-        }
+        weights = {weight for t in tier_names if (weight := model.tiers[t].weight) is not None}
         if queue is not None and queue.weight is not None:
             weights.add(queue.weight)
         if len(weights) > 1:
@@ -166,10 +164,13 @@ def _route_sources(model: PolicyModel) -> Iterator[tuple[str, RouteModel]]:
         yield f"rule {rule.name!r}", rule.route
     for name, tier in model.tiers.items():
         yield f"tier {name!r}", RouteModel(queue=tier.queue)
-    yield "defaults", RouteModel(
-        exchange=model.defaults.exchange,
-        queue=model.defaults.queue,
-        routing_key=model.defaults.routing_key,
+    yield (
+        "defaults",
+        RouteModel(
+            exchange=model.defaults.exchange,
+            queue=model.defaults.queue,
+            routing_key=model.defaults.routing_key,
+        ),
     )
 
 
@@ -229,9 +230,7 @@ def _reachable_tiers(model: PolicyModel, spec: MatchSpec) -> list[str | None]:
     return [name for name in model.tiers if name in wanted]
 
 
-def _priority_problems(
-    model: PolicyModel, plan: RoutePlan, tier_name: str | None
-) -> Iterator[str]:
+def _priority_problems(model: PolicyModel, plan: RoutePlan, tier_name: str | None) -> Iterator[str]:
     if plan.queue is None or plan.priority is None:
         return
     max_priority = model.queues[plan.queue.text].max_priority

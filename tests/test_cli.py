@@ -170,3 +170,31 @@ def test_topology_of_a_policy_lists_its_exchanges_queues_and_tenant_templates(
     assert "binding  demo.x.beta -> queue demo.q.beta [beta]" in lines
     assert any(line.startswith("tenant   tenant.{tenant}") for line in lines)
     assert len(lines) == len(set(lines))
+
+
+async def test_topology_apply_declares_what_the_policy_needs(
+    make_app: Callable[..., JobApp], namespace: str
+) -> None:
+    # Given the example policy, When `topology --policy ... --apply` runs in our namespace
+    result = await asyncio.to_thread(
+        amqp_jobs_cli,
+        namespace,
+        "topology",
+        "--policy",
+        "routing/examples/routes.toml",
+        "--namespace",
+        namespace,
+        "--apply",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "declared" in result.stdout.splitlines()[-1]
+
+    # Then its queues exist on the broker (a passive check would fail otherwise)
+    from routing import Policy
+
+    app = make_app(routing=Policy.from_file(ROOT / "routing/examples/routes.toml"))
+    await app.connect()
+    for queue in ("enterprise", "beta"):
+        assert await app.transport.message_count(app.topology.queue_name(queue)) == 0
+    for queue in ("enterprise", "beta", "default"):  # registered for the fixture's clean-up
+        await app.client.ensure_queue(queue)
