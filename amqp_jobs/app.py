@@ -22,6 +22,8 @@ from amqp_jobs.jobs import Job, JobDefinition, introspect
 from amqp_jobs.middleware import Middleware, MiddlewareStack
 from amqp_jobs.retries import Backoff, RetryPolicy
 from amqp_jobs.routes import Router, RoutingPolicy
+from amqp_jobs.store import JobStore, StoreRecorder
+from amqp_jobs.store.results import JobResults
 from amqp_jobs.topology import DEFAULT_MAX_PRIORITY, DEFAULT_NAMESPACE, Topology
 from amqp_jobs.transport.amqp import AmqpTransport
 from amqp_jobs.transport.base import Transport
@@ -41,6 +43,8 @@ class JobApp:
     ``url`` defaults to the ``AMQP_URL`` environment variable, then to a local
     RabbitMQ. ``service`` names the publishing service (the envelope's
     ``publisher``). ``namespace`` prefixes every exchange and queue name.
+    ``routing`` is a routing policy; ``store`` a job store (or its SQLAlchemy URL,
+    e.g. ``sqlite+aiosqlite:///./amqp_jobs.db``) that records every job and its result.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class JobApp:
         middleware: Iterable[Middleware] = (),
         transport: Transport | None = None,
         routing: RoutingPolicy | None = None,
+        store: str | JobStore | None = None,
     ) -> None:
         self.url = url or os.environ.get("AMQP_URL", DEFAULT_URL)
         self.service_name = service
@@ -84,6 +89,12 @@ class JobApp:
             router=self.router,
             vhost_transport=vhost_transport,
         )
+        self.store = JobStore(store) if isinstance(store, str) else store
+        if self.store is not None:
+            self.middleware.add(StoreRecorder(self.store))
+        self.jobs = JobResults(self.store, self.registry)
+        """Records, queries and results of jobs (needs ``store=``)."""
+        self.client.results = self.jobs if self.store is not None else None
 
     # --- defining jobs --------------------------------------------------------------
 
@@ -237,6 +248,8 @@ class JobApp:
         await self.client.close_vhosts()
         await self.transport.close()
         self.client.forget_declarations()
+        if self.store is not None:
+            await self.store.close()
 
     async def __aenter__(self) -> JobApp:
         await self.connect()

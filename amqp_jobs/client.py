@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from amqp_jobs.transport.base import OutgoingMessage, Publication, Transport
 
 if TYPE_CHECKING:
     from amqp_jobs.routes import Router
+    from amqp_jobs.store.results import JobResults
 
 
 class RouteLike(Protocol):
@@ -50,6 +52,13 @@ class JobHandle:
     queue: str
     enqueued_at: float
     not_before: float | None = None
+    results: JobResults | None = field(default=None, repr=False, compare=False)
+
+    async def result(self, timeout: float = 30.0) -> Any:
+        """Wait for the job's output (needs an app with a store); see ``JobResults.result``."""
+        if self.results is None:
+            raise ConfigurationError("this handle's app has no job store to read results from")
+        return await self.results.result(self.id, timeout=timeout)
 
 
 @dataclass(slots=True)
@@ -111,6 +120,7 @@ class Client:
         self.default_queue = default_queue
         self.publish_timeout = publish_timeout
         self.router = router
+        self.results: JobResults | None = None  # set by an app with a store
         self._vhost_transport = vhost_transport
         self.vhost_transports: dict[str, Transport] = {}
         # What was declared, per virtual host (None: the connection's own).
@@ -320,7 +330,7 @@ class Client:
         """Validate, build and publish one job; return its handle once confirmed."""
         prepared = await self.build(job, data, **options)
         await self.publish(prepared)
-        return _handle(prepared.envelope)
+        return _handle(prepared.envelope, self.results)
 
     async def enqueue_many(
         self,
@@ -363,20 +373,20 @@ class Client:
                 f"{len(failures)} of {len(jobs)} jobs were not published; first: job "
                 f"{first_job.envelope.id}: {first_error}"
             ) from first_error
-        after = self.middleware.hooks("after_publish", reverse=True)
-        for job in jobs if after else ():
-            for hook in after:
-                await hook(job.envelope)
-        return [_handle(j.envelope) for j in jobs]
+        for hook in self.middleware.hooks("after_publish", reverse=True):
+            # One hook for all jobs at once, so a store writes them in a few group commits.
+            await asyncio.gather(*(hook(job.envelope) for job in jobs))
+        return [_handle(j.envelope, self.results) for j in jobs]
 
 
-def _handle(envelope: Envelope) -> JobHandle:
+def _handle(envelope: Envelope, results: JobResults | None) -> JobHandle:
     return JobHandle(
         id=envelope.id,
         job=envelope.job,
         queue=envelope.queue,
         enqueued_at=envelope.enqueued_at,
         not_before=envelope.not_before,
+        results=results,
     )
 
 

@@ -61,6 +61,28 @@ class PublishNackedError(PublishError):
     """The broker refused a publish (negative confirm), e.g. a full queue with reject-publish."""
 
 
+# --- State store ----------------------------------------------------------------------
+
+
+class StoreError(AmqpJobsError):
+    """The job store could not be read or written."""
+
+
+class JobFailed(AmqpJobsError):
+    """A job whose result was asked for ended dead or cancelled.
+
+    ``error_type`` and ``message`` are what the worker recorded; the remote exception
+    class is never rebuilt from stored data.
+    """
+
+    def __init__(self, job_id: str, state: str, error_type: str | None, message: str | None):
+        super().__init__(f"job {job_id} ended {state}: {error_type}: {message}")
+        self.job_id = job_id
+        self.state = state
+        self.error_type = error_type
+        self.message = message
+
+
 # --- Job outcomes (raised by job code) -----------------------------------------------
 
 
@@ -74,6 +96,10 @@ class Retry(AmqpJobsError):
 
 class Abort(AmqpJobsError):
     """Raised by a job to fail now, with no further attempts: it goes to the dead-letter queue."""
+
+
+class WorkerLost(AmqpJobsError):
+    """The worker running an attempt died or lost the broker (the message was redelivered)."""
 
 
 class JobTimeoutError(AmqpJobsError):

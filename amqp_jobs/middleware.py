@@ -37,13 +37,20 @@ class Middleware:
     ) -> None:
         """Called after a job ran, with its result or the error it raised."""
 
-    async def after_retry_scheduled(
-        self, ctx: JobContext, error: BaseException, delay: float
-    ) -> None:
-        """Called when a failed attempt was scheduled to run again after ``delay`` seconds."""
+    async def on_retry(self, ctx: JobContext, error: BaseException, delay: float) -> None:
+        """Called when a failed attempt will run again after ``delay`` seconds.
 
-    async def after_dead_letter(self, envelope: Envelope | None, reason: str) -> None:
-        """Called when a job (or an undecodable message, envelope None) was dead-lettered."""
+        Runs before the retry is published and the message acknowledged: raising here
+        leaves the message unacknowledged (it is redelivered), so nothing is lost.
+        """
+
+    async def on_dead_letter(
+        self, envelope: Envelope | None, reason: str, error_type: str | None
+    ) -> None:
+        """Called when a job (or an undecodable message: envelope None) is dead-lettered.
+
+        Runs before the message goes to the dead-letter queue and is acknowledged.
+        """
 
     async def after_worker_start(self, worker: Worker) -> None:
         """Called when a worker has connected and is about to consume."""
@@ -57,8 +64,8 @@ HOOKS = (
     "after_publish",
     "before_process",
     "after_process",
-    "after_retry_scheduled",
-    "after_dead_letter",
+    "on_retry",
+    "on_dead_letter",
     "after_worker_start",
     "before_worker_stop",
 )

@@ -31,6 +31,7 @@ from amqp_jobs.errors import (
     JobTimeoutError,
     PublishError,
     TransportError,
+    WorkerLost,
 )
 from amqp_jobs.errors import ValidationError as JobValidationError
 from amqp_jobs.jobs import JobDefinition
@@ -381,10 +382,10 @@ class Worker:
                 error_type,
                 delay,
             )
+            for hook in self.app.middleware.hooks("on_retry"):
+                await hook(ctx, error, delay)
             await self._republish(delivery, envelope.next_attempt(not_before=time.time() + delay))
             self.stats.retried += 1
-            for hook in self.app.middleware.hooks("after_retry_scheduled"):
-                await hook(ctx, error, delay)
             return
         if isinstance(error, JobValidationError) or envelope.attempt >= policy.max_attempts:
             why = f"failed on attempt {envelope.attempt} of {policy.max_attempts}"
@@ -414,6 +415,16 @@ class Worker:
             )
             return
         delay = policy.delay_after(envelope.attempt)
+        lost = WorkerLost(f"attempt {envelope.attempt} was interrupted; the message came back")
+        ctx = JobContext(
+            envelope,
+            definition,
+            client=self.app.client,
+            resources=self._resources,
+            worker_id=self.worker_id,
+        )
+        for hook in self.app.middleware.hooks("on_retry"):
+            await hook(ctx, lost, delay)
         log.warning(
             "job %s (%s) was redelivered: attempt %d counts as failed; next in %.3fs",
             envelope.id,
@@ -457,6 +468,8 @@ class Worker:
         dead-letters it through the queue's DLX (the reason is then only in the log).
         """
         log.warning("dead-lettering message %s: %s", delivery.message_id, reason)
+        for hook in self.app.middleware.hooks("on_dead_letter"):
+            await hook(envelope, reason, error_type)
         headers: dict[str, Any] = {
             DEAD_REASON_HEADER: reason[:2000],
             DEAD_QUEUE_HEADER: delivery.queue,
@@ -482,8 +495,6 @@ class Worker:
         except TransportError:
             await delivery.reject()
         self.stats.dead += 1
-        for hook in self.app.middleware.hooks("after_dead_letter"):
-            await hook(envelope, reason)
 
     async def _publish_then_ack(
         self,

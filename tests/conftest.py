@@ -101,3 +101,49 @@ async def make_app(amqp_url: str, namespace: str) -> AsyncIterator[Callable[...,
 def app(make_app: Callable[..., JobApp]) -> JobApp:
     """An app in the test's namespace."""
     return make_app()
+
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def make_store(
+    request: pytest.FixtureRequest, tmp_path: Any, namespace: str
+) -> AsyncIterator[Callable[[], Any]]:
+    """Factory of JobStores on a fresh SQLite file, or in a fresh PostgreSQL schema."""
+    from sqlalchemy import make_url, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from amqp_jobs.store import JobStore
+
+    stores: list[JobStore] = []
+    if request.param == "sqlite":
+        url, options = f"sqlite+aiosqlite:///{tmp_path}/jobs.db", {}
+        schema = None
+    else:
+        url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+        parsed = make_url(url)
+        if not _reachable(f"x://{parsed.host or '127.0.0.1'}:{parsed.port or 5432}"):
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"PostgreSQL is not reachable at {url} (CI=true)")
+            pytest.skip(f"PostgreSQL is not reachable at {url}")
+        schema = namespace.lower()
+        admin = create_async_engine(url)
+        async with admin.begin() as connection:
+            await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        await admin.dispose()
+        options = {"connect_args": {"server_settings": {"search_path": schema}}}
+
+    def factory() -> JobStore:
+        store = JobStore(url, engine_options=options)
+        stores.append(store)
+        return store
+
+    yield factory
+    for store in stores:
+        await store.close()
+    if schema is not None:
+        admin = create_async_engine(url)
+        async with admin.begin() as connection:
+            await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.dispose()

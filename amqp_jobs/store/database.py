@@ -1,0 +1,469 @@
+"""JobStore: job records, attempts and results in SQLite or PostgreSQL (SQLAlchemy 2, async).
+
+Writes go through a group commit: changes submitted within a few milliseconds of each
+other are written in one transaction, and each submitter waits only for the commit of
+its own batch. State changes may arrive out of order from several processes (a worker
+can report "running" before the publisher's "queued" is written), so every change
+carries an order (``attempt * 10 + rank of the state``) and a row only moves forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from amqp_jobs.errors import ConfigurationError, StoreError
+from amqp_jobs.store.schema import attempts, job_tags, jobs, migrate
+
+DEFAULT_URL = "sqlite+aiosqlite:///./amqp_jobs.db"
+
+STATE_RANK = {
+    "queued": 0,
+    "scheduled": 0,
+    "running": 1,
+    "failed": 2,  # this attempt failed; another follows
+    "succeeded": 3,
+    "dead": 3,
+    "cancelled": 3,
+}
+FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
+
+# Columns that describe the job itself: written by whoever records it first, never changed.
+_IDENTITY = (
+    "job",
+    "queue",
+    "user_id",
+    "tenant",
+    "publisher",
+    "correlation_id",
+    "parent_id",
+    "created_at",
+    "not_before",
+    "labels",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One thing that happened to a job, as the store records it."""
+
+    job_id: str
+    state: str
+    attempt: int
+    job: str
+    queue: str
+    created_at: float
+    at: float = field(default_factory=time.time)
+    user_id: str | None = None
+    tenant: str | None = None
+    publisher: str | None = None
+    correlation_id: str | None = None
+    parent_id: str | None = None
+    not_before: float | None = None
+    labels: Mapping[str, str] | None = None
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    worker: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in STATE_RANK:
+            raise ValueError(f"unknown job state {self.state!r}")
+
+    @property
+    def order(self) -> int:
+        """Where this change stands in the job's life; later changes have higher orders."""
+        return self.attempt * 10 + STATE_RANK[self.state]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as the store knows it."""
+
+    id: str
+    job: str
+    queue: str
+    state: str
+    attempts: int
+    user_id: str | None
+    tenant: str | None
+    created_at: float
+    updated_at: float
+    result: Any
+    error_type: str | None
+    error_message: str | None
+    labels: Mapping[str, str]
+
+    @property
+    def finished(self) -> bool:
+        """True once the job succeeded, died or was cancelled."""
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One run of a job."""
+
+    number: int
+    worker: str | None
+    started_at: float | None
+    finished_at: float | None
+    outcome: str | None
+    error_type: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a query; pass ``cursor`` to the next query for the following page."""
+
+    jobs: list[JobRecord]
+    cursor: str | None
+
+
+class GroupCommit:
+    """Collects submissions and flushes them together, every ``max_delay`` or ``max_batch``."""
+
+    def __init__(
+        self,
+        flush: Callable[[list[StateChange]], Awaitable[None]],
+        *,
+        max_batch: int = 500,
+        max_delay: float = 0.002,
+    ) -> None:
+        self._flush = flush
+        self._max_batch = max_batch
+        self._max_delay = max_delay
+        self._pending: list[tuple[StateChange, asyncio.Future[None]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def submit(self, change: StateChange) -> None:
+        """Queue ``change`` and wait until the transaction holding it has committed."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((change, done))
+        if len(self._pending) >= self._max_batch:
+            self._start_flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._max_delay, self._start_flush)
+        await done
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _run(self, batch: list[tuple[StateChange, asyncio.Future[None]]]) -> None:
+        try:
+            await self._flush([change for change, _ in batch])
+        except Exception as exc:
+            error = StoreError(f"could not record {len(batch)} job state change(s): {exc}")
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(error)
+        else:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def drain(self) -> None:
+        """Flush what is pending and wait for every flush in progress."""
+        self._start_flush()
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+
+
+class JobStore:
+    """The job store. ``url`` is a SQLAlchemy async URL: SQLite (default) or PostgreSQL.
+
+    SQLite runs in WAL mode with a busy timeout, so several worker processes on one
+    machine can share a file; use PostgreSQL when workers run on several machines.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        busy_timeout_ms: int = 30_000,
+        engine_options: Mapping[str, Any] | None = None,
+        max_batch: int = 500,
+        max_delay: float = 0.002,
+    ) -> None:
+        self.url = url
+        self._busy_timeout_ms = busy_timeout_ms
+        self._engine_options = dict(engine_options or {})
+        self._engine: AsyncEngine | None = None
+        self._writer = GroupCommit(self._write, max_batch=max_batch, max_delay=max_delay)
+        self._open_lock = asyncio.Lock()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return sa.make_url(self.url).get_backend_name()
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (idempotent)."""
+        async with self._open_lock:
+            if self._engine is not None:
+                return
+            if self.dialect not in ("sqlite", "postgresql"):
+                raise ConfigurationError(
+                    f"store URL {self.url!r}: only sqlite+aiosqlite and postgresql+asyncpg "
+                    "are supported"
+                )
+            engine = create_async_engine(self.url, **self._engine_options)
+            if self.dialect == "sqlite":
+                self._configure_sqlite(engine)
+            try:
+                async with engine.begin() as connection:
+                    await connection.run_sync(migrate)
+            except Exception as exc:
+                await engine.dispose()
+                raise StoreError(f"cannot open the job store at {self._safe_url()}: {exc}") from exc
+            self._engine = engine
+
+    def _configure_sqlite(self, engine: AsyncEngine) -> None:
+        busy_timeout = self._busy_timeout_ms
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection: Any, _: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout)}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    def _safe_url(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def _require(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError("the job store is not open; call open() first")
+        return self._engine
+
+    async def close(self) -> None:
+        """Write what is pending, then close the connections."""
+        await self._writer.drain()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    # --- writing -----------------------------------------------------------------------
+
+    async def record(self, change: StateChange) -> None:
+        """Record a state change; returns once it is committed (group commit)."""
+        await self.open()
+        await self._writer.submit(change)
+
+    async def _write(self, changes: list[StateChange]) -> None:
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        job_rows = [_job_row(c) for c in changes]
+        attempt_rows = [_attempt_row(c) for c in changes if STATE_RANK[c.state] > 0]
+        tag_rows = [
+            {"job_id": c.job_id, "key": k, "value": v}
+            for c in changes
+            if c.state in ("queued", "scheduled") and c.labels
+            for k, v in c.labels.items()
+        ]
+        async with self._require().begin() as connection:
+            for rows in _same_keys(job_rows):
+                statement = insert(jobs).values(rows)
+                changed = {
+                    column: statement.excluded[column]
+                    for column in rows[0]
+                    if column not in ("id", *_IDENTITY)
+                }
+                await connection.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[jobs.c.id],
+                        set_=changed,
+                        where=jobs.c.progress_order <= statement.excluded.progress_order,
+                    )
+                )
+            for rows in _same_keys(attempt_rows):
+                statement = insert(attempts).values(rows)
+                await connection.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[attempts.c.job_id, attempts.c.number],
+                        set_={
+                            k: statement.excluded[k]
+                            for k in rows[0]
+                            if k not in ("job_id", "number")
+                        },
+                    )
+                )
+            if tag_rows:
+                await connection.execute(insert(job_tags).values(tag_rows).on_conflict_do_nothing())
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record of one job, or None."""
+        await self.open()
+        async with self._require().connect() as connection:
+            row = (await connection.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+        return None if row is None else _record(row)
+
+    async def attempts_of(self, job_id: str) -> list[AttemptRecord]:
+        """Every attempt of a job, first first."""
+        await self.open()
+        query = sa.select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
+        async with self._require().connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [
+            AttemptRecord(
+                r.number,
+                r.worker,
+                r.started_at,
+                r.finished_at,
+                r.outcome,
+                r.error_type,
+                r.error_message,
+            )
+            for r in rows
+        ]
+
+    async def query(
+        self,
+        *,
+        user: str | None = None,
+        tenant: str | None = None,
+        state: str | Sequence[str] | None = None,
+        job: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Jobs matching every given filter, newest first, ``limit`` per page.
+
+        Keyset pagination on (created_at, id), which the indexes serve: a page costs the
+        same however deep it is.
+        """
+        await self.open()
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be 1..1000, not {limit}")
+        query = sa.select(jobs)
+        if user is not None:
+            query = query.where(jobs.c.user_id == user)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        if state is not None:
+            states = [state] if isinstance(state, str) else list(state)
+            query = query.where(jobs.c.state.in_(states))
+        if job is not None:
+            query = query.where(jobs.c.job == job)
+        if since is not None:
+            query = query.where(jobs.c.created_at >= since)
+        if until is not None:
+            query = query.where(jobs.c.created_at < until)
+        for key, value in (tags or {}).items():
+            tagged = sa.select(job_tags.c.job_id).where(
+                job_tags.c.key == key, job_tags.c.value == value
+            )
+            query = query.where(jobs.c.id.in_(tagged))
+        if cursor is not None:
+            created_at, last_id = _parse_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    jobs.c.created_at < created_at,
+                    sa.and_(jobs.c.created_at == created_at, jobs.c.id < last_id),
+                )
+            )
+        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
+        async with self._require().connect() as connection:
+            rows = (await connection.execute(query)).all()
+        records = [_record(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = f"{records[-1].created_at!r}/{records[-1].id}" if more and records else None
+        return Page(records, next_cursor)
+
+
+def _parse_cursor(cursor: str) -> tuple[float, str]:
+    created, _, job_id = cursor.partition("/")
+    try:
+        return float(created), job_id
+    except ValueError:
+        raise ValueError(f"cursor {cursor!r} is not one a query returned") from None
+
+
+def _same_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows grouped by their set of columns (one multi-row statement per group)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    return list(groups.values())
+
+
+def _job_row(change: StateChange) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": change.job_id,
+        "job": change.job,
+        "queue": change.queue,
+        "state": change.state,
+        "progress_order": change.order,
+        # Runs begun so far: a queued job's envelope already names its coming attempt.
+        "attempts": change.attempt if STATE_RANK[change.state] else change.attempt - 1,
+        "user_id": change.user_id,
+        "tenant": change.tenant,
+        "publisher": change.publisher,
+        "correlation_id": change.correlation_id,
+        "parent_id": change.parent_id,
+        "created_at": change.created_at,
+        "updated_at": change.at,
+        "not_before": change.not_before,
+        "labels": dict(change.labels or {}),
+    }
+    if change.state in FINAL_STATES or change.state == "failed":
+        row.update(
+            result=change.result, error_type=change.error_type, error_message=change.error_message
+        )
+    return row
+
+
+def _attempt_row(change: StateChange) -> dict[str, Any]:
+    row: dict[str, Any] = {"job_id": change.job_id, "number": change.attempt}
+    if change.state == "running":
+        row.update(worker=change.worker, started_at=change.at)
+    else:
+        row.update(
+            finished_at=change.at,
+            outcome=change.state,
+            error_type=change.error_type,
+            error_message=change.error_message,
+            traceback=change.traceback,
+        )
+    return row
+
+
+def _record(row: sa.Row[Any]) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        job=row.job,
+        queue=row.queue,
+        state=row.state,
+        attempts=row.attempts,
+        user_id=row.user_id,
+        tenant=row.tenant,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        result=row.result,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        labels=row.labels or {},
+    )

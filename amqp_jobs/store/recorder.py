@@ -1,0 +1,122 @@
+"""StoreRecorder: the middleware that writes every job's life into the JobStore."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from amqp_jobs.errors import StoreError
+from amqp_jobs.middleware import Middleware
+from amqp_jobs.store.database import JobStore, StateChange
+
+if TYPE_CHECKING:
+    from amqp_jobs.context import JobContext
+    from amqp_jobs.envelope import Envelope
+    from amqp_jobs.worker import Worker
+
+log = logging.getLogger(__name__)
+
+MAX_TRACEBACK_CHARS = 8_000
+
+
+def change_of(envelope: Envelope, state: str, **details: Any) -> StateChange:
+    """A state change of the job ``envelope`` describes."""
+    user = envelope.user or {}
+    return StateChange(
+        job_id=envelope.id,
+        state=state,
+        attempt=envelope.attempt,
+        job=envelope.job,
+        queue=envelope.queue,
+        created_at=envelope.enqueued_at,
+        user_id=_text(user.get("user_id")),
+        tenant=_text(user.get("tenant")),
+        publisher=envelope.publisher,
+        correlation_id=envelope.correlation_id,
+        parent_id=envelope.parent_id,
+        not_before=envelope.not_before,
+        labels=envelope.labels,
+        **details,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _traceback_of(error: BaseException) -> str:
+    # Frames and messages only: format_exception never includes local variables.
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return text[-MAX_TRACEBACK_CHARS:]
+
+
+class StoreRecorder(Middleware):
+    """Records queued, running, failed, succeeded and dead in the store.
+
+    Outcomes are recorded before the message is acknowledged (the worker calls
+    ``after_process``, ``on_retry`` and ``on_dead_letter`` before it settles the
+    message), so a worker that cannot reach the database does not ack: the message is
+    redelivered. "running" is written without holding up the job.
+    """
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def after_worker_start(self, worker: Worker) -> None:
+        await self.store.open()
+
+    async def before_worker_stop(self, worker: Worker) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def after_publish(self, envelope: Envelope) -> None:
+        # The job is on the broker already: a store that is down must not make the
+        # publisher believe otherwise. The worker's records carry the job's identity
+        # too, so the job still appears once the store is back.
+        delayed = envelope.not_before is not None and envelope.not_before > time.time()
+        try:
+            await self.store.record(change_of(envelope, "scheduled" if delayed else "queued"))
+        except StoreError as exc:
+            log.warning("job %s is queued but could not be recorded: %s", envelope.id, exc)
+
+    async def before_process(self, ctx: JobContext) -> None:
+        started = change_of(ctx.envelope, "running", worker=ctx.worker_id)  # stamped now
+        task = asyncio.get_running_loop().create_task(self._running(started))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _running(self, change: StateChange) -> None:
+        try:
+            await self.store.record(change)
+        except Exception as exc:  # the outcome record still decides the ack
+            log.warning("could not record that job %s is running: %s", change.job_id, exc)
+
+    async def after_process(
+        self, ctx: JobContext, result: Any, error: BaseException | None
+    ) -> None:
+        if error is None:
+            output = ctx.definition.dump_output(result)
+            await self.store.record(change_of(ctx.envelope, "succeeded", result=output))
+
+    async def on_retry(self, ctx: JobContext, error: BaseException, delay: float) -> None:
+        await self.store.record(
+            change_of(
+                ctx.envelope,
+                "failed",
+                error_type=type(error).__name__,
+                error_message=str(error),
+                traceback=_traceback_of(error),
+            )
+        )
+
+    async def on_dead_letter(
+        self, envelope: Envelope | None, reason: str, error_type: str | None
+    ) -> None:
+        if envelope is not None:  # an undecodable message has no job to record
+            await self.store.record(
+                change_of(envelope, "dead", error_type=error_type, error_message=reason)
+            )

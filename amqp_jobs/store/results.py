@@ -1,0 +1,68 @@
+"""Reading jobs back: records, attempts, queries, and waiting for a job's result."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from amqp_jobs.errors import ConfigurationError, JobFailed
+from amqp_jobs.jobs import JobDefinition
+from amqp_jobs.store.database import AttemptRecord, JobRecord, JobStore, Page
+
+
+class JobResults:
+    """``app.jobs``: what the store knows about jobs, for code and for users' views."""
+
+    def __init__(self, store: JobStore | None, registry: Mapping[str, JobDefinition]) -> None:
+        self._store = store
+        self._registry = registry
+
+    @property
+    def store(self) -> JobStore:
+        """The store, or a clear error when the app has none."""
+        if self._store is None:
+            raise ConfigurationError(
+                "this app has no job store: create it with JobApp(..., store=URL) to record "
+                "jobs and read their results"
+            )
+        return self._store
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record of one job, or None if the store has not seen it."""
+        return await self.store.get(job_id)
+
+    async def attempts(self, job_id: str) -> list[AttemptRecord]:
+        """Every attempt of one job."""
+        return await self.store.attempts_of(job_id)
+
+    async def query(self, **filters: Any) -> Page:
+        """Jobs by user, tenant, state, job, since/until, tags; see :meth:`JobStore.query`."""
+        return await self.store.query(**filters)
+
+    async def result(self, job_id: str, *, timeout: float = 30.0) -> Any:
+        """Wait for a job to finish and return its output, typed by its return annotation.
+
+        Raises :class:`JobFailed` (with the recorded error type and message) when the job
+        ended dead or cancelled, and ``TimeoutError`` when it has not finished in time.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pause = 0.01
+        while True:
+            record = await self.store.get(job_id)
+            if record is not None and record.finished:
+                return self._output(record)
+            if loop.time() + pause > deadline:
+                state = record.state if record is not None else "not recorded"
+                raise TimeoutError(f"job {job_id} did not finish within {timeout}s ({state})")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    def _output(self, record: JobRecord) -> Any:
+        if record.state != "succeeded":
+            raise JobFailed(record.id, record.state, record.error_type, record.error_message)
+        definition = self._registry.get(record.job)
+        if definition is None or definition.output_adapter is None:
+            return record.result
+        return definition.output_adapter.validate_python(record.result)
