@@ -10,6 +10,7 @@ import contextvars
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import quote
 
@@ -18,7 +19,7 @@ from yarl import URL
 from amqp_jobs.client import Client, EnqueueRequest, JobHandle
 from amqp_jobs.context import current_user
 from amqp_jobs.errors import ConfigurationError, UnknownJobOptionError
-from amqp_jobs.jobs import Job, JobDefinition, introspect
+from amqp_jobs.jobs import IdempotencyKey, Job, JobDefinition, idempotency_function, introspect
 from amqp_jobs.middleware import Middleware, MiddlewareStack
 from amqp_jobs.retries import Backoff, RetryPolicy
 from amqp_jobs.routes import Router, RoutingPolicy
@@ -114,6 +115,8 @@ class JobApp:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         timeout: float | None = None,
         priority: int | None = None,
+        idempotency_key: IdempotencyKey = None,
+        idempotency_window: float | timedelta = 86_400.0,
         **options: Any,
     ) -> Callable[[F], Job]: ...
 
@@ -125,8 +128,10 @@ class JobApp:
         Input and output schemas come from the annotations. ``max_attempts``,
         ``backoff`` (``"fixed"``, ``"exponential"`` or ``f(attempt) -> seconds``),
         ``backoff_base``, ``max_backoff``, ``jitter`` and ``retry_on`` make its
-        retry policy; ``timeout`` is its time limit in seconds. Other keyword
-        options must be claimed by an installed middleware.
+        retry policy; ``timeout`` is its time limit in seconds. ``idempotency_key``
+        (field names, a function of the input, or True for the whole input) makes the
+        job run once per key within ``idempotency_window`` (needs a store). Other
+        keyword options must be claimed by an installed middleware.
         """
 
         def register(function: Callable[..., Any]) -> Job:
@@ -148,6 +153,8 @@ class JobApp:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         timeout: float | None = None,
         priority: int | None = None,
+        idempotency_key: IdempotencyKey = None,
+        idempotency_window: float | timedelta = 86_400.0,
         **options: Any,
     ) -> Job:
         job_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
@@ -182,6 +189,14 @@ class JobApp:
             timeout=timeout,
             priority=priority,
             options=options,
+        )
+        definition.idempotency = idempotency_function(
+            job_name, idempotency_key, definition.input_model
+        )
+        definition.idempotency_window = (
+            idempotency_window.total_seconds()
+            if isinstance(idempotency_window, timedelta)
+            else float(idempotency_window)
         )
         self.registry[job_name] = definition
         return Job(definition, self.enqueue)

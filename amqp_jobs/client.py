@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,6 +21,7 @@ from amqp_jobs.transport.base import OutgoingMessage, Publication, Transport
 
 if TYPE_CHECKING:
     from amqp_jobs.routes import Router
+    from amqp_jobs.store.database import Progress
     from amqp_jobs.store.results import JobResults
 
 
@@ -56,9 +57,24 @@ class JobHandle:
 
     async def result(self, timeout: float = 30.0) -> Any:
         """Wait for the job's output (needs an app with a store); see ``JobResults.result``."""
+        return await self._results().result(self.id, timeout=timeout)
+
+    async def progress(self) -> Progress | None:
+        """The job's last progress report and state (needs an app with a store)."""
+        return await self._results().progress(self.id)
+
+    def watch(self, interval: float = 0.2) -> AsyncIterator[Progress]:
+        """``async for update in handle.watch()``: progress until the job finishes."""
+        return self._results().watch(self.id, interval=interval)
+
+    async def cancel(self) -> str | None:
+        """Cancel the job wherever it is; returns its state afterwards."""
+        return await self._results().cancel(self.id)
+
+    def _results(self) -> JobResults:
         if self.results is None:
-            raise ConfigurationError("this handle's app has no job store to read results from")
-        return await self.results.result(self.id, timeout=timeout)
+            raise ConfigurationError("this handle's app has no job store")
+        return self.results
 
 
 @dataclass(slots=True)
@@ -221,6 +237,8 @@ class Client:
             data = definition.validate_input(data)
             queue = queue or definition.queue
             priority = definition.priority if priority is None else priority
+            if idempotency_key is None:
+                idempotency_key = definition.idempotency_key_of(data)
         queue = queue or self.default_queue
         vhost = None
         if user is None:
@@ -329,8 +347,25 @@ class Client:
     async def enqueue(self, job: str, data: Any = None, **options: Any) -> JobHandle:
         """Validate, build and publish one job; return its handle once confirmed."""
         prepared = await self.build(job, data, **options)
+        existing = await self._claim(prepared)
+        if existing is not None:
+            return existing
         await self.publish(prepared)
         return _handle(prepared.envelope, self.results)
+
+    async def _claim(self, job: PreparedJob) -> JobHandle | None:
+        """Claim the job's idempotency key; the handle of the job holding it, if another."""
+        key = job.envelope.idempotency_key
+        if key is None or self.results is None:
+            return None
+        definition = self.registry.get(job.envelope.job)
+        window = definition.idempotency_window if definition else 86_400.0
+        owner = await self.results.store.claim_key(
+            key, job.envelope.id, job.envelope.enqueued_at + window
+        )
+        if owner == job.envelope.id:
+            return None
+        return JobHandle(owner, job.envelope.job, job.envelope.queue, 0.0, None, self.results)
 
     async def enqueue_many(
         self,
@@ -343,10 +378,18 @@ class Client:
         Every job is validated before any is published. If some publishes fail, a
         :class:`PublishError` is raised naming how many; the others are queued.
         """
-        jobs = [
+        built = [
             await self.build(request.job, request.data, **request.options)
             for request in as_requests(list(requests))
         ]
+        handles: dict[int, JobHandle] = {}
+        jobs: list[PreparedJob] = []
+        for index, job in enumerate(built):
+            existing = await self._claim(job)
+            if existing is not None:
+                handles[index] = existing
+            else:
+                jobs.append(job)
         for job in jobs:
             if job.envelope.queue not in self._ready.get(job.vhost, ()):
                 await self._prepare_route(job)
@@ -376,7 +419,11 @@ class Client:
         for hook in self.middleware.hooks("after_publish", reverse=True):
             # One hook for all jobs at once, so a store writes them in a few group commits.
             await asyncio.gather(*(hook(job.envelope) for job in jobs))
-        return [_handle(j.envelope, self.results) for j in jobs]
+        published = iter(jobs)
+        return [
+            handles[i] if i in handles else _handle(next(published).envelope, self.results)
+            for i in range(len(built))
+        ]
 
 
 def _handle(envelope: Envelope, results: JobResults | None) -> JobHandle:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from amqp_jobs.client import Client, JobHandle
     from amqp_jobs.envelope import Envelope
     from amqp_jobs.jobs import JobDefinition
+    from amqp_jobs.store.progress import ProgressReporter
 
 log = logging.getLogger("amqp_jobs.job")
 
@@ -26,7 +27,15 @@ class JobContext:
     id, this job as their parent, and its user.
     """
 
-    __slots__ = ("_client", "definition", "envelope", "resources", "worker_id")
+    __slots__ = (
+        "_cancel_requested",
+        "_client",
+        "_progress",
+        "definition",
+        "envelope",
+        "resources",
+        "worker_id",
+    )
 
     def __init__(
         self,
@@ -36,12 +45,15 @@ class JobContext:
         client: Client,
         resources: dict[str, Any],
         worker_id: str,
+        progress: ProgressReporter | None = None,
     ) -> None:
         self.envelope = envelope
         self.definition = definition
         self.resources = resources
         self.worker_id = worker_id
         self._client = client
+        self._progress = progress
+        self._cancel_requested = False
 
     @property
     def job_id(self) -> str:
@@ -82,6 +94,27 @@ class JobContext:
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         """A logger that tags records with the job id and name."""
         return logging.LoggerAdapter(log, {"job_id": self.job_id, "job": self.job_name})
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone asked to cancel this job; a long job may poll it and stop."""
+        return self._cancel_requested
+
+    def request_cancel(self) -> None:
+        """Mark the job as cancelled (the worker does this when a cancellation arrives)."""
+        self._cancel_requested = True
+
+    async def progress(
+        self, percent: float | None = None, message: str | None = None, **data: Any
+    ) -> None:
+        """Report progress: ``await ctx.progress(40, "page 4 of 10", pages_done=4)``.
+
+        Reports are throttled (the last one within the interval wins and is written when
+        it ends), so reporting in a tight loop costs nothing. Without a job store there is
+        nowhere to keep them and they are dropped.
+        """
+        if self._progress is not None:
+            await self._progress.report(self.job_id, percent, message, data)
 
     async def enqueue(self, job: str, data: Any = None, **options: Any) -> JobHandle:
         """Publish a follow-up job that inherits this job's correlation id and user."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +42,12 @@ class JobDefinition:
     timeout: float | None = None
     priority: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    idempotency: Callable[[pydantic.BaseModel], str] | None = None
+    idempotency_window: float = 86_400.0
+
+    def idempotency_key_of(self, data: pydantic.BaseModel) -> str | None:
+        """The idempotency key of validated input ``data`` ("<job>:<key>"), if the job has one."""
+        return None if self.idempotency is None else f"{self.name}:{self.idempotency(data)}"
 
     def validate_input(self, data: Any) -> pydantic.BaseModel:
         """Validate job data (a model instance or plain data) against the input schema."""
@@ -81,6 +89,36 @@ class JobDefinition:
     def output_schema(self) -> dict[str, Any] | None:
         """JSON Schema of the job's output, or None when it declares none."""
         return None if self.output_adapter is None else self.output_adapter.json_schema()
+
+
+IdempotencyKey = tuple[str, ...] | Callable[[Any], Any] | bool | None
+"""``@app.job(idempotency_key=...)``: field names, a function of the input, or True (all)."""
+
+
+def idempotency_function(
+    name: str, spec: IdempotencyKey, model: type[pydantic.BaseModel]
+) -> Callable[[pydantic.BaseModel], str] | None:
+    """Turn an ``idempotency_key`` option into a function of the validated input."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        # A canonical hash of the whole input: equal data, equal key.
+        return lambda data: hashlib.sha256(
+            json.dumps(data.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+    if callable(spec):
+        function = spec
+        return lambda data: str(function(data))
+    fields = tuple(spec)
+    unknown = [f for f in fields if f not in model.model_fields]
+    if unknown or not fields:
+        raise ConfigurationError(
+            f"job {name!r}: idempotency_key names {unknown or 'no'} field(s); the input has "
+            f"{sorted(model.model_fields)}"
+        )
+    return lambda data: json.dumps(
+        [data.model_dump(mode="json")[f] for f in fields], separators=(",", ":")
+    )
 
 
 def _summarise(exc: pydantic.ValidationError) -> str:

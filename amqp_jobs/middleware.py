@@ -52,6 +52,12 @@ class Middleware:
         Runs before the message goes to the dead-letter queue and is acknowledged.
         """
 
+    async def on_cancelled(self, envelope: Envelope) -> None:
+        """Called when a job is dropped or stopped because its cancellation was requested.
+
+        Runs before the message is acknowledged.
+        """
+
     async def after_worker_start(self, worker: Worker) -> None:
         """Called when a worker has connected and is about to consume."""
 
@@ -66,6 +72,7 @@ HOOKS = (
     "after_process",
     "on_retry",
     "on_dead_letter",
+    "on_cancelled",
     "after_worker_start",
     "before_worker_stop",
 )

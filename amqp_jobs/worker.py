@@ -35,6 +35,7 @@ from amqp_jobs.errors import (
 )
 from amqp_jobs.errors import ValidationError as JobValidationError
 from amqp_jobs.jobs import JobDefinition
+from amqp_jobs.store.progress import ProgressReporter
 from amqp_jobs.transport.base import Delivery, OutgoingMessage, Subscription
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class WorkerStats:
     retried: int = 0
     dead: int = 0
     handed_back: int = 0
+    cancelled: int = 0
+    duplicates: int = 0
 
 
 def default_worker_id() -> str:
@@ -109,6 +112,13 @@ class Worker:
         self._resources: dict[str, Any] = {}
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        store = app.store
+        self._progress = ProgressReporter(store) if store is not None else None
+        self._running: dict[str, tuple[JobContext, asyncio.Task[Any]]] = {}
+        self._cancelled: dict[str, None] = {}  # ids whose cancellation was requested
+        self._cancel_watch: asyncio.Task[None] | None = None
+        self.cancel_poll_interval = 0.5
+        self.cancel_lookback = 86_400.0
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -128,10 +138,17 @@ class Worker:
         self._resources = await self.app.run_startup()
         for hook in self.app.middleware.hooks("after_worker_start"):
             await hook(self)
+        since = time.time() - self.cancel_lookback
+        if self.app.store is not None:
+            # Known cancellations first, so no cancelled job starts in the first moments.
+            for job_id in await self.app.store.cancel_requests_since(since):
+                self._note_cancelled(job_id)
         for queue, count in prefetch.items():
             await self._consume(queue, count)
         if self._plan is not None and self._plan.tenant_patterns:
             await self._follow_tenant_queues()
+        if self.app.store is not None:
+            self._cancel_watch = asyncio.get_running_loop().create_task(self._watch_cancels(since))
         log.info("worker %s consuming %s", self.worker_id, ", ".join(sorted(self._consumed)))
 
     def _tier_prefetch(self) -> dict[str, int]:
@@ -185,6 +202,37 @@ class Worker:
             )
         )
 
+    async def _watch_cancels(self, since: float) -> None:
+        """Poll the store for cancellation requests; stop running jobs that were cancelled.
+
+        One query per interval for the whole worker, not one per job, so a request takes
+        effect within ``cancel_poll_interval`` seconds.
+        """
+        store = self.app.store
+        assert store is not None
+        while not self._stopping:
+            polled_at = time.time()
+            try:
+                for job_id in await store.cancel_requests_since(since):
+                    self._note_cancelled(job_id)
+                since = polled_at - 1.0  # overlap: a request committed late is still seen
+            except Exception as exc:
+                log.warning("could not poll for cancellations: %s", exc)
+            await asyncio.sleep(self.cancel_poll_interval)
+
+    def _note_cancelled(self, job_id: str) -> None:
+        if job_id in self._cancelled:
+            return
+        self._cancelled[job_id] = None
+        if len(self._cancelled) > 100_000:  # bounded: forget the oldest requests
+            del self._cancelled[next(iter(self._cancelled))]
+        running = self._running.get(job_id)
+        if running is not None:
+            ctx, task = running
+            log.info("cancelling running job %s on request", job_id)
+            ctx.request_cancel()
+            task.cancel()
+
     def request_stop(self) -> None:
         """Ask :meth:`run` to shut down gracefully (safe from a signal handler)."""
         self._stop_requested.set()
@@ -204,6 +252,8 @@ class Worker:
             await hook(self)
         for subscription in self._subscriptions:
             await subscription.cancel()
+        if self._cancel_watch is not None:
+            self._cancel_watch.cancel()
         if self._in_flight:
             _, unfinished = await asyncio.wait(set(self._in_flight), timeout=grace)
             for task in unfinished:
@@ -281,6 +331,9 @@ class Worker:
                 envelope,
             )
             return
+        if envelope.id in self._cancelled:
+            await self._settle_cancelled(delivery, envelope)
+            return
         if delivery.redelivered:
             await self._count_interrupted_attempt(delivery, envelope, definition)
             return
@@ -292,7 +345,33 @@ class Worker:
         except JobValidationError as exc:
             await self._dead_letter(delivery, str(exc), envelope, error_type="ValidationError")
             return
+        if envelope.idempotency_key is not None and not await self._claim_run(envelope, definition):
+            log.info(
+                "job %s: key %s already ran; duplicate dropped",
+                envelope.id,
+                envelope.idempotency_key,
+            )
+            delivery.ack()
+            self.stats.duplicates += 1
+            return
         await self._run(delivery, envelope, definition, data)
+
+    async def _claim_run(self, envelope: Envelope, definition: JobDefinition) -> bool:
+        store = self.app.store
+        if store is None or envelope.idempotency_key is None:
+            return True
+        return await store.claim_run(
+            envelope.idempotency_key,
+            envelope.id,
+            envelope.attempt,
+            envelope.enqueued_at + definition.idempotency_window,
+        )
+
+    async def _settle_cancelled(self, delivery: Delivery, envelope: Envelope) -> None:
+        for hook in self.app.middleware.hooks("on_cancelled"):
+            await hook(envelope)
+        delivery.ack()
+        self.stats.cancelled += 1
 
     async def _run(
         self, delivery: Delivery, envelope: Envelope, definition: JobDefinition, data: Any
@@ -303,16 +382,24 @@ class Worker:
             client=self.app.client,
             resources=self._resources,
             worker_id=self.worker_id,
+            progress=self._progress,
         )
         result: Any = None
         error: BaseException | None = None
         user_token = current_user.set(envelope.user)  # jobs this job enqueues inherit it
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[envelope.id] = (ctx, task)
         try:
             for before in self.app.middleware.hooks("before_process"):
                 await before(ctx)
             result = definition.validate_output(await self._call(definition, ctx, data))
         except asyncio.CancelledError:
-            # Only stop() cancels a job: give its message back, unacknowledged. On a
+            if ctx.cancelled and task is not None and not self._stopping:
+                task.uncancel()  # our own cancellation, on request: settle it, don't propagate
+                await self._settle_cancelled(delivery, envelope)
+                return
+            # Otherwise stop() cancelled it: give its message back, unacknowledged. On a
             # closed channel the broker has already taken it back.
             with contextlib.suppress(TransportError):
                 await delivery.requeue()
@@ -322,6 +409,9 @@ class Worker:
             error = exc
         finally:
             current_user.reset(user_token)
+            self._running.pop(envelope.id, None)
+            if self._progress is not None:
+                await self._progress.finish(envelope.id)
         for after in self.app.middleware.hooks("after_process", reverse=True):
             await after(ctx, result, error)
         if error is None:

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from amqp_jobs.errors import ConfigurationError, StoreError
-from amqp_jobs.store.schema import attempts, job_tags, jobs, migrate
+from amqp_jobs.store.schema import attempts, idempotency, job_tags, jobs, migrate
 
 DEFAULT_URL = "sqlite+aiosqlite:///./amqp_jobs.db"
 
@@ -34,6 +34,7 @@ STATE_RANK = {
     "cancelled": 3,
 }
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
+_CANCELLED_ORDER = 1_000_000_000  # above any attempt's order: a cancelled job stays cancelled
 
 # Columns that describe the job itself: written by whoever records it first, never changed.
 _IDENTITY = (
@@ -82,6 +83,36 @@ class StateChange:
     def order(self) -> int:
         """Where this change stands in the job's life; later changes have higher orders."""
         return self.attempt * 10 + STATE_RANK[self.state]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressChange:
+    """A progress report of a running job (written in order with its state changes)."""
+
+    job_id: str
+    percent: float | None
+    message: str | None
+    data: Mapping[str, Any] | None
+    at: float = field(default_factory=time.time)
+
+
+Change = StateChange | ProgressChange
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a job last reported about its progress, and its state."""
+
+    state: str
+    percent: float | None
+    message: str | None
+    data: Mapping[str, Any]
+    at: float | None
+
+    @property
+    def finished(self) -> bool:
+        """True once the job succeeded, died or was cancelled."""
+        return self.state in FINAL_STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +165,7 @@ class GroupCommit:
 
     def __init__(
         self,
-        flush: Callable[[list[StateChange]], Awaitable[None]],
+        flush: Callable[[list[Change]], Awaitable[None]],
         *,
         max_batch: int = 500,
         max_delay: float = 0.002,
@@ -142,11 +173,11 @@ class GroupCommit:
         self._flush = flush
         self._max_batch = max_batch
         self._max_delay = max_delay
-        self._pending: list[tuple[StateChange, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Change, asyncio.Future[None]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
 
-    async def submit(self, change: StateChange) -> None:
+    async def submit(self, change: Change) -> None:
         """Queue ``change`` and wait until the transaction holding it has committed."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -167,7 +198,7 @@ class GroupCommit:
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
 
-    async def _run(self, batch: list[tuple[StateChange, asyncio.Future[None]]]) -> None:
+    async def _run(self, batch: list[tuple[Change, asyncio.Future[None]]]) -> None:
         try:
             await self._flush([change for change, _ in batch])
         except Exception as exc:
@@ -269,10 +300,31 @@ class JobStore:
         await self.open()
         await self._writer.submit(change)
 
-    async def _write(self, changes: list[StateChange]) -> None:
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        job_rows = [_job_row(c) for c in changes]
-        attempt_rows = [_attempt_row(c) for c in changes if STATE_RANK[c.state] > 0]
+    async def report_progress(self, change: ProgressChange) -> None:
+        """Record a progress report (group commit, ordered after the job's earlier changes)."""
+        await self.open()
+        await self._writer.submit(change)
+
+    def _insert(self) -> Any:
+        return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+    async def _write(self, batch: list[Change]) -> None:
+        insert = self._insert()
+        changes = [c for c in batch if isinstance(c, StateChange)]
+        reports = [c for c in batch if isinstance(c, ProgressChange)]
+        # One row per job and per attempt in a batch: PostgreSQL refuses an upsert that
+        # touches the same row twice, and only the latest change of a job matters.
+        latest: dict[str, StateChange] = {}
+        for change in changes:
+            known = latest.get(change.job_id)
+            if known is None or change.order >= known.order:
+                latest[change.job_id] = change
+        job_rows = [_job_row(c) for c in latest.values()]
+        merged: dict[tuple[str, int], dict[str, Any]] = {}
+        for change in changes:
+            if STATE_RANK[change.state] > 0:
+                merged.setdefault((change.job_id, change.attempt), {}).update(_attempt_row(change))
+        attempt_rows = list(merged.values())
         tag_rows = [
             {"job_id": c.job_id, "key": k, "value": v}
             for c in changes
@@ -308,6 +360,112 @@ class JobStore:
                 )
             if tag_rows:
                 await connection.execute(insert(job_tags).values(tag_rows).on_conflict_do_nothing())
+            for report in reports:
+                await connection.execute(
+                    jobs.update()
+                    .where(jobs.c.id == report.job_id)
+                    .values(
+                        progress_percent=report.percent,
+                        progress_message=report.message,
+                        progress_data=dict(report.data or {}),
+                        progress_at=report.at,
+                    )
+                )
+
+    # --- cancellation ------------------------------------------------------------------
+
+    async def request_cancel(self, job_id: str, at: float | None = None) -> str | None:
+        """Ask for a job to be cancelled; return its state afterwards (None: unknown job).
+
+        A job that has not started is marked cancelled at once (its message is dropped
+        when a worker receives it); a running one is cancelled by its worker, which
+        polls for requests. A finished job stays as it is.
+        """
+        await self.open()
+        at = time.time() if at is None else at
+        async with self._require().begin() as connection:
+            await connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL_STATES))
+                .values(cancel_requested_at=at)
+            )
+            await connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state.in_(("queued", "scheduled")))
+                # Nothing recorded later (a worker's "running") may bring it back.
+                .values(state="cancelled", progress_order=_CANCELLED_ORDER, updated_at=at)
+            )
+            state = (
+                await connection.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id))
+            ).scalar()
+        return None if state is None else str(state)
+
+    async def cancel_requests_since(self, since: float, limit: int = 100_000) -> list[str]:
+        """Ids of jobs whose cancellation was requested at or after ``since``."""
+        await self.open()
+        query = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.cancel_requested_at >= since)
+            .order_by(jobs.c.cancel_requested_at)
+            .limit(limit)
+        )
+        async with self._require().connect() as connection:
+            return [row.id for row in await connection.execute(query)]
+
+    # --- idempotency -------------------------------------------------------------------
+
+    async def claim_key(self, key: str, job_id: str, expires_at: float) -> str:
+        """Claim ``key`` for ``job_id`` unless an unexpired claim exists; return the owner.
+
+        One INSERT ... ON CONFLICT on the key's primary key decides: two publishers
+        can never both win, whatever the timing.
+        """
+        await self.open()
+        insert = self._insert()
+        statement = insert(idempotency).values(
+            key=key, job_id=job_id, run_attempt=0, expires_at=expires_at
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[idempotency.c.key],
+            set_={"job_id": job_id, "run_attempt": 0, "expires_at": expires_at},
+            where=idempotency.c.expires_at < time.time(),
+        )
+        async with self._require().begin() as connection:
+            await connection.execute(statement)
+            owner = (
+                await connection.execute(
+                    sa.select(idempotency.c.job_id).where(idempotency.c.key == key)
+                )
+            ).scalar()
+        return str(owner)
+
+    async def claim_run(self, key: str, job_id: str, attempt: int, expires_at: float) -> bool:
+        """Whether this delivery (job, attempt) may run the job of ``key``.
+
+        True for the first delivery of each attempt of the owning job; False for a
+        duplicate delivery, or for another job holding the key. Decided by a conditional
+        write (insert-if-absent, else update-if-older), never by a read then a write.
+        """
+        await self.open()
+        insert = self._insert()
+        async with self._require().begin() as connection:
+            created = await connection.execute(
+                insert(idempotency)
+                .values(key=key, job_id=job_id, run_attempt=attempt, expires_at=expires_at)
+                .on_conflict_do_nothing()
+            )
+            if created.rowcount == 1:
+                return True
+            advanced = await connection.execute(
+                idempotency.update()
+                .where(
+                    idempotency.c.key == key,
+                    idempotency.c.job_id == job_id,
+                    idempotency.c.run_attempt < attempt,
+                )
+                .values(run_attempt=attempt)
+            )
+            return bool(advanced.rowcount == 1)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -317,6 +475,45 @@ class JobStore:
         async with self._require().connect() as connection:
             row = (await connection.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
         return None if row is None else _record(row)
+
+    async def progress(self, job_id: str) -> Progress | None:
+        """The last progress report and the state of a job, or None."""
+        await self.open()
+        query = sa.select(
+            jobs.c.state,
+            jobs.c.progress_percent,
+            jobs.c.progress_message,
+            jobs.c.progress_data,
+            jobs.c.progress_at,
+        ).where(jobs.c.id == job_id)
+        async with self._require().connect() as connection:
+            row = (await connection.execute(query)).first()
+        if row is None:
+            return None
+        return Progress(
+            row.state,
+            row.progress_percent,
+            row.progress_message,
+            row.progress_data or {},
+            row.progress_at,
+        )
+
+    async def prune(self, older_than: float) -> int:
+        """Delete finished jobs last changed before ``older_than`` (Unix time); return how many."""
+        await self.open()
+        old = sa.select(jobs.c.id).where(
+            jobs.c.state.in_(FINAL_STATES), jobs.c.updated_at < older_than
+        )
+        async with self._require().begin() as connection:
+            await connection.execute(attempts.delete().where(attempts.c.job_id.in_(old)))
+            await connection.execute(job_tags.delete().where(job_tags.c.job_id.in_(old)))
+            result = await connection.execute(
+                jobs.delete().where(jobs.c.state.in_(FINAL_STATES), jobs.c.updated_at < older_than)
+            )
+            await connection.execute(
+                idempotency.delete().where(idempotency.c.expires_at < time.time())
+            )
+        return int(result.rowcount or 0)
 
     async def attempts_of(self, job_id: str) -> list[AttemptRecord]:
         """Every attempt of a job, first first."""

@@ -113,6 +113,9 @@ class StoreRecorder(Middleware):
             )
         )
 
+    async def on_cancelled(self, envelope: Envelope) -> None:
+        await self.store.record(change_of(envelope, "cancelled"))
+
     async def on_dead_letter(
         self, envelope: Envelope | None, reason: str, error_type: str | None
     ) -> None:

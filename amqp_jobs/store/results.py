@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from amqp_jobs.errors import ConfigurationError, JobFailed
 from amqp_jobs.jobs import JobDefinition
-from amqp_jobs.store.database import AttemptRecord, JobRecord, JobStore, Page
+from amqp_jobs.store.database import AttemptRecord, JobRecord, JobStore, Page, Progress
 
 
 class JobResults:
@@ -39,6 +39,27 @@ class JobResults:
     async def query(self, **filters: Any) -> Page:
         """Jobs by user, tenant, state, job, since/until, tags; see :meth:`JobStore.query`."""
         return await self.store.query(**filters)
+
+    async def progress(self, job_id: str) -> Progress | None:
+        """The job's last progress report and state (None if the store has not seen it)."""
+        return await self.store.progress(job_id)
+
+    async def watch(self, job_id: str, *, interval: float = 0.2) -> AsyncIterator[Progress]:
+        """Yield the job's progress each time it changes, until the job has finished."""
+        last: Progress | None = None
+        while True:
+            current = await self.store.progress(job_id)
+            if current is not None and current != last:
+                yield current
+                last = current
+                if current.finished:
+                    return
+            await asyncio.sleep(interval)
+
+    async def cancel(self, job_id: str) -> str | None:
+        """Cancel a job: one not started never starts; a running one is stopped by its
+        worker (its task is cancelled; ``ctx.cancelled`` turns true). Returns the state."""
+        return await self.store.request_cancel(job_id)
 
     async def result(self, job_id: str, *, timeout: float = 30.0) -> Any:
         """Wait for a job to finish and return its output, typed by its return annotation.

@@ -41,7 +41,13 @@ jobs = sa.Table(
     sa.Column("error_type", sa.String(255)),
     sa.Column("error_message", sa.Text),
     sa.Column("labels", sa.JSON),
+    sa.Column("progress_percent", Seconds),
+    sa.Column("progress_message", sa.Text),
+    sa.Column("progress_data", sa.JSON),
+    sa.Column("progress_at", Seconds),
+    sa.Column("cancel_requested_at", Seconds),
 )
+sa.Index("amqp_jobs_jobs_cancel", jobs.c.cancel_requested_at)
 sa.Index("amqp_jobs_jobs_user", jobs.c.user_id, jobs.c.created_at.desc(), jobs.c.id.desc())
 sa.Index("amqp_jobs_jobs_tenant", jobs.c.tenant, jobs.c.created_at.desc(), jobs.c.id.desc())
 sa.Index("amqp_jobs_jobs_state", jobs.c.state, jobs.c.created_at.desc(), jobs.c.id.desc())
@@ -70,6 +76,16 @@ job_tags = sa.Table(
 )
 sa.Index("amqp_jobs_tags_lookup", job_tags.c.key, job_tags.c.value, job_tags.c.job_id)
 
+idempotency = sa.Table(
+    "amqp_jobs_idempotency",
+    metadata,
+    # "<job name>:<key>": the primary key is the claim, so two claims can never both win.
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("job_id", sa.String(36), nullable=False),
+    sa.Column("run_attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("expires_at", Seconds, nullable=False),
+)
+
 schema_version = sa.Table(
     "amqp_jobs_schema",
     sa.MetaData(),
@@ -78,6 +94,7 @@ schema_version = sa.Table(
 
 
 def _version_1(connection: sa.Connection) -> None:
+    # Version 1 is the first released schema; later versions must ALTER, not edit this.
     metadata.create_all(connection)
 
 
