@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from amqp_jobs.app import JobApp
 from amqp_jobs.dlq import DeadLetters
 from amqp_jobs.errors import AmqpJobsError
 from amqp_jobs.routes import Router
+from amqp_jobs.store import JobStore
 from amqp_jobs.topology import BindingDecl, Declaration, ExchangeDecl
 
 
@@ -166,6 +168,104 @@ async def _dlq(args: argparse.Namespace) -> None:
         await app.close()
 
 
+def _store_of(args: argparse.Namespace) -> JobStore:
+    if args.store:
+        return JobStore(args.store)
+    if args.app:
+        store = load_app(args.app).store
+        if store is not None:
+            return store
+        raise SystemExit(f"error: the app {args.app} has no job store (JobApp(store=...))")
+    raise SystemExit("error: give --store URL or --app module:app (or set AMQP_JOBS_APP)")
+
+
+def _duration(text: str) -> float:
+    """``30d``, ``12h``, ``15m`` or ``90s`` in seconds."""
+    units = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+    try:
+        return float(text[:-1]) * units[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 30d, 12h, 15m or 90s"
+        ) from None
+
+
+def _when(stamp: float | None) -> str:
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds") if stamp else "-"
+
+
+async def _jobs(args: argparse.Namespace) -> None:
+    store = _store_of(args)
+    try:
+        if args.action == "list":
+            filters = {
+                "user": args.user,
+                "tenant": args.tenant,
+                "state": args.state,
+                "job": args.job,
+                "limit": args.limit,
+                "cursor": args.cursor,
+            }
+            page = await store.query(**{k: v for k, v in filters.items() if v is not None})
+            for job in page.jobs:
+                who = job.user_id or "-"
+                print(f"{job.id}  {job.state:<9}  {job.job}  {who}  {_when(job.created_at)}")
+            print(
+                f"{len(page.jobs)} job(s)"
+                + (f"; next page: --cursor {page.cursor}" if page.cursor else "")
+            )
+            return
+        if not args.job_id:
+            raise SystemExit(f"error: jobs {args.action} needs a job ID")
+        if args.action == "cancel":
+            state = await store.request_cancel(args.job_id)
+            if state is None:
+                raise SystemExit(f"error: no job with id {args.job_id}")
+            print(f"job {args.job_id}: {state}")
+            return
+        record = await store.get(args.job_id)
+        if record is None:
+            raise SystemExit(f"error: no job with id {args.job_id}")
+        print(
+            json.dumps(
+                {
+                    "id": record.id,
+                    "job": record.job,
+                    "queue": record.queue,
+                    "state": record.state,
+                    "attempts": record.attempts,
+                    "user": record.user_id,
+                    "tenant": record.tenant,
+                    "created_at": _when(record.created_at),
+                    "updated_at": _when(record.updated_at),
+                    "labels": dict(record.labels),
+                    "result": record.result,
+                    "error_type": record.error_type,
+                    "error": record.error_message,
+                },
+                indent=2,
+            )
+        )
+        for attempt in await store.attempts_of(args.job_id):
+            print(
+                f"attempt {attempt.number}: {attempt.outcome or 'running'} on "
+                f"{attempt.worker or '?'} {_when(attempt.started_at)} -> "
+                f"{_when(attempt.finished_at)} {attempt.error_type or ''} "
+                f"{attempt.error_message or ''}".rstrip()
+            )
+    finally:
+        await store.close()
+
+
+async def _store(args: argparse.Namespace) -> None:
+    store = _store_of(args)
+    try:
+        removed = await store.prune(older_than=time.time() - args.older_than)
+        print(f"pruned {removed} finished job(s)")
+    finally:
+        await store.close()
+
+
 def _broker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=None, help="broker URL when no app (default AMQP_URL)")
     parser.add_argument("--namespace", default="amqp_jobs", help="namespace when no app")
@@ -217,7 +317,32 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--limit", type=int, default=100)
     dlq.add_argument("--json", action="store_true")
     dlq.set_defaults(run=_dlq)
+
+    jobs = commands.add_parser("jobs", help="list, show or cancel jobs (needs a job store)")
+    jobs.add_argument("action", choices=["list", "show", "cancel"])
+    jobs.add_argument("job_id", nargs="?", help="with show or cancel: the job")
+    jobs.add_argument("--user")
+    jobs.add_argument("--tenant")
+    jobs.add_argument("--state")
+    jobs.add_argument("--job", help="the job name")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--cursor", help="the cursor a previous page printed")
+    _store_options(jobs)
+    jobs.set_defaults(run=_jobs)
+
+    store = commands.add_parser("store", help="maintain the job store")
+    store.add_argument("action", choices=["prune"])
+    store.add_argument(
+        "--older-than", type=_duration, required=True, help="e.g. 30d: finished jobs older"
+    )
+    _store_options(store)
+    store.set_defaults(run=_store)
     return parser
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", help="the store URL, e.g. sqlite+aiosqlite:///./amqp_jobs.db")
+    parser.add_argument("--app", default=os.environ.get("AMQP_JOBS_APP"), help="module:app")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -198,3 +198,41 @@ async def test_topology_apply_declares_what_the_policy_needs(
         assert await app.transport.message_count(app.topology.queue_name(queue)) == 0
     for queue in ("enterprise", "beta", "default"):  # registered for the fixture's clean-up
         await app.client.ensure_queue(queue)
+
+
+async def test_jobs_list_show_cancel_and_store_prune_from_the_command_line(
+    make_app: Callable[..., JobApp], namespace: str, tmp_path: Path
+) -> None:
+    # Given a store with one finished and one queued job
+    url = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    app = make_app(store=url)
+
+    @app.job(name="cli.echo")
+    async def echo(text: str) -> str:
+        return text
+
+    async with running(app):
+        done = await echo.enqueue({"text": "hi"}, user={"user_id": "ann"})
+        assert await done.result(timeout=10) == "hi"
+    waiting = await echo.enqueue({"text": "later"}, user={"user_id": "bob"})
+    await app.close()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return amqp_jobs_cli(namespace, *args, "--store", url)
+
+    # When jobs are listed, shown, cancelled, and the store pruned
+    listing = await asyncio.to_thread(cli, "jobs", "list", "--user", "ann")
+    shown = await asyncio.to_thread(cli, "jobs", "show", done.id)
+    cancelled = await asyncio.to_thread(cli, "jobs", "cancel", waiting.id)
+    kept = await asyncio.to_thread(cli, "store", "prune", "--older-than", "30d")
+    pruned = await asyncio.to_thread(cli, "store", "prune", "--older-than", "0s")
+    bad = await asyncio.to_thread(cli, "store", "prune", "--older-than", "soon")
+
+    # Then each says what happened
+    assert done.id in listing.stdout and "succeeded" in listing.stdout, listing.stderr
+    assert waiting.id not in listing.stdout and "1 job(s)" in listing.stdout
+    assert '"result": "hi"' in shown.stdout and "attempt 1: succeeded" in shown.stdout
+    assert f"job {waiting.id}: cancelled" in cancelled.stdout
+    assert "pruned 0 finished job(s)" in kept.stdout
+    assert "pruned 2 finished job(s)" in pruned.stdout
+    assert bad.returncode != 0 and "not a duration like 30d" in bad.stderr
