@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import delay, drain, latency, publish, routed_drain, routing_scenario
+from bench import delay, drain, latency, publish, routed_drain, routing_scenario, store
 from bench.common import DEFAULT_URL, Metric, log
 
-SCENARIOS = ("drain", "publish", "latency", "delay", "routing", "routed")
+SCENARIOS = ("drain", "publish", "latency", "delay", "routing", "routed", "store")
 QUICK_MAX_DELAY = 10.0
 
 
@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--delay-jobs", type=int, default=300, help="delay: jobs (300)")
     parser.add_argument(
         "--max-delay", type=float, default=60.0, help="delay: longest delay in s (60)"
+    )
+    parser.add_argument(
+        "--store-rows", type=int, default=1_000_000, help="store: rows for the query test"
     )
     parser.add_argument("--quick", action="store_true", help=f"cap delays at {QUICK_MAX_DELAY:g} s")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
@@ -95,6 +98,14 @@ async def run_scenario(name: str, args: argparse.Namespace) -> list[Metric]:
     if name == "delay":
         return await delay.run(
             args.url, jobs=args.delay_jobs, max_delay=args.max_delay, rounds=args.rounds
+        )
+    if name == "store":
+        return await store.run(
+            args.url,
+            jobs=args.jobs,
+            rounds=args.rounds,
+            concurrency=args.concurrency,
+            rows=args.store_rows,
         )
     if name == "routed":
         return await routed_drain.run(

@@ -161,42 +161,44 @@ class Page:
 
 
 class GroupCommit:
-    """Collects submissions and flushes them together, every ``max_delay`` or ``max_batch``."""
+    """Writes submissions in batches, one transaction in flight at a time.
+
+    While a transaction is being written, new submissions wait and then all go in the
+    next one, so batches grow with the load instead of transactions piling up (which on
+    SQLite would only queue behind its single writer). An idle store waits at most
+    ``max_delay`` to gather a batch; ``max_batch`` caps a transaction's size.
+    """
 
     def __init__(
         self,
         flush: Callable[[list[Change]], Awaitable[None]],
         *,
-        max_batch: int = 500,
-        max_delay: float = 0.002,
+        max_batch: int = 1000,
+        max_delay: float = 0.001,
     ) -> None:
         self._flush = flush
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._pending: list[tuple[Change, asyncio.Future[None]]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._flushing: asyncio.Task[None] | None = None
 
     async def submit(self, change: Change) -> None:
         """Queue ``change`` and wait until the transaction holding it has committed."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((change, done))
-        if len(self._pending) >= self._max_batch:
-            self._start_flush()
-        elif self._timer is None:
+        if self._flushing is None and self._timer is None:
             self._timer = loop.call_later(self._max_delay, self._start_flush)
         await done
 
     def _start_flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+        self._timer = None
+        if self._flushing is not None or not self._pending:
+            return  # the flush in flight starts the next one when it ends
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        self._flushing = asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[tuple[Change, asyncio.Future[None]]]) -> None:
         try:
@@ -210,12 +212,19 @@ class GroupCommit:
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
+        finally:
+            self._flushing = None
+            if self._pending:
+                self._start_flush()
 
     async def drain(self) -> None:
-        """Flush what is pending and wait for every flush in progress."""
-        self._start_flush()
-        if self._flushing:
-            await asyncio.gather(*self._flushing, return_exceptions=True)
+        """Write everything pending, and wait until it is written."""
+        while self._pending or self._flushing is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._start_flush()
+            if self._flushing is not None:
+                await asyncio.gather(self._flushing, return_exceptions=True)
 
 
 class JobStore:
@@ -231,14 +240,15 @@ class JobStore:
         *,
         busy_timeout_ms: int = 30_000,
         engine_options: Mapping[str, Any] | None = None,
-        max_batch: int = 500,
-        max_delay: float = 0.002,
+        max_batch: int = 1000,
+        max_delay: float = 0.001,
     ) -> None:
         self.url = url
         self._busy_timeout_ms = busy_timeout_ms
         self._engine_options = dict(engine_options or {})
         self._engine: AsyncEngine | None = None
         self._writer = GroupCommit(self._write, max_batch=max_batch, max_delay=max_delay)
+        self._statements: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._open_lock = asyncio.Lock()
 
     @property
@@ -308,6 +318,30 @@ class JobStore:
     def _insert(self) -> Any:
         return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
 
+    def _upsert_job(self, columns: tuple[str, ...]) -> Any:
+        statement = self._statements.get(("jobs", columns))
+        if statement is None:
+            insert = self._insert()(jobs)
+            statement = insert.on_conflict_do_update(
+                index_elements=[jobs.c.id],
+                set_={c: insert.excluded[c] for c in columns if c not in ("id", *_IDENTITY)},
+                # A row only moves forward: changes may arrive out of order.
+                where=jobs.c.progress_order <= insert.excluded.progress_order,
+            )
+            self._statements[("jobs", columns)] = statement
+        return statement
+
+    def _upsert_attempt(self, columns: tuple[str, ...]) -> Any:
+        statement = self._statements.get(("attempts", columns))
+        if statement is None:
+            insert = self._insert()(attempts)
+            statement = insert.on_conflict_do_update(
+                index_elements=[attempts.c.job_id, attempts.c.number],
+                set_={c: insert.excluded[c] for c in columns if c not in ("job_id", "number")},
+            )
+            self._statements[("attempts", columns)] = statement
+        return statement
+
     async def _write(self, batch: list[Change]) -> None:
         insert = self._insert()
         changes = [c for c in batch if isinstance(c, StateChange)]
@@ -332,34 +366,14 @@ class JobStore:
             for k, v in c.labels.items()
         ]
         async with self._require().begin() as connection:
+            # executemany of one cached single-row statement per column set: SQLAlchemy
+            # batches the rows ("insertmanyvalues") without compiling a statement per batch.
             for rows in _same_keys(job_rows):
-                statement = insert(jobs).values(rows)
-                changed = {
-                    column: statement.excluded[column]
-                    for column in rows[0]
-                    if column not in ("id", *_IDENTITY)
-                }
-                await connection.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[jobs.c.id],
-                        set_=changed,
-                        where=jobs.c.progress_order <= statement.excluded.progress_order,
-                    )
-                )
+                await connection.execute(self._upsert_job(tuple(rows[0])), rows)
             for rows in _same_keys(attempt_rows):
-                statement = insert(attempts).values(rows)
-                await connection.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[attempts.c.job_id, attempts.c.number],
-                        set_={
-                            k: statement.excluded[k]
-                            for k in rows[0]
-                            if k not in ("job_id", "number")
-                        },
-                    )
-                )
+                await connection.execute(self._upsert_attempt(tuple(rows[0])), rows)
             if tag_rows:
-                await connection.execute(insert(job_tags).values(tag_rows).on_conflict_do_nothing())
+                await connection.execute(insert(job_tags).on_conflict_do_nothing(), tag_rows)
             for report in reports:
                 await connection.execute(
                     jobs.update()
