@@ -124,6 +124,7 @@ async def drain_metric(
 
 async def query_metric(backend: str, *, rows: int, users: int = 1000) -> Metric:
     """Latency of one user's latest 50 jobs among ``rows`` records."""
+    users = max(1, min(users, rows // 100))  # every user has well over 50 jobs
     async with fresh_store(backend) as store:
         await store.open()
         engine = store._require()

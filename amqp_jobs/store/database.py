@@ -74,6 +74,7 @@ class StateChange:
     error_message: str | None = None
     traceback: str | None = None
     worker: str | None = None
+    started_at: float | None = None  # on an outcome: when its attempt started
 
     def __post_init__(self) -> None:
         if self.state not in STATE_RANK:
@@ -652,6 +653,8 @@ def _attempt_row(change: StateChange) -> dict[str, Any]:
     if change.state == "running":
         row.update(worker=change.worker, started_at=change.at)
     else:
+        if change.started_at is not None:
+            row.update(worker=change.worker, started_at=change.started_at)
         row.update(
             finished_at=change.at,
             outcome=change.state,

@@ -59,12 +59,16 @@ class StoreRecorder(Middleware):
     Outcomes are recorded before the message is acknowledged (the worker calls
     ``after_process``, ``on_retry`` and ``on_dead_letter`` before it settles the
     message), so a worker that cannot reach the database does not ack: the message is
-    redelivered. "running" is written without holding up the job.
+    redelivered. "running" is written only for a job still running after
+    ``running_after`` seconds, without holding it up: a short job's start is written
+    with its outcome, in one row instead of two.
     """
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, *, running_after: float = 0.05) -> None:
         self.store = store
+        self.running_after = running_after
         self._background: set[asyncio.Task[None]] = set()
+        self._starts: dict[str, tuple[StateChange, asyncio.TimerHandle]] = {}
 
     async def after_worker_start(self, worker: Worker) -> None:
         await self.store.open()
@@ -85,9 +89,24 @@ class StoreRecorder(Middleware):
 
     async def before_process(self, ctx: JobContext) -> None:
         started = change_of(ctx.envelope, "running", worker=ctx.worker_id)  # stamped now
+        timer = asyncio.get_running_loop().call_later(
+            self.running_after, self._write_running, started
+        )
+        self._starts[ctx.job_id] = (started, timer)
+
+    def _write_running(self, started: StateChange) -> None:
         task = asyncio.get_running_loop().create_task(self._running(started))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _outcome(self, envelope: Envelope, state: str, **details: Any) -> StateChange:
+        """The change for an outcome, carrying its attempt's start if this worker ran it."""
+        start = self._starts.pop(envelope.id, None)
+        if start is not None:
+            started, timer = start
+            timer.cancel()
+            details.update(started_at=started.at, worker=started.worker)
+        return change_of(envelope, state, **details)
 
     async def _running(self, change: StateChange) -> None:
         try:
@@ -100,11 +119,11 @@ class StoreRecorder(Middleware):
     ) -> None:
         if error is None:
             output = ctx.definition.dump_output(result)
-            await self.store.record(change_of(ctx.envelope, "succeeded", result=output))
+            await self.store.record(self._outcome(ctx.envelope, "succeeded", result=output))
 
     async def on_retry(self, ctx: JobContext, error: BaseException, delay: float) -> None:
         await self.store.record(
-            change_of(
+            self._outcome(
                 ctx.envelope,
                 "failed",
                 error_type=type(error).__name__,
@@ -114,12 +133,12 @@ class StoreRecorder(Middleware):
         )
 
     async def on_cancelled(self, envelope: Envelope) -> None:
-        await self.store.record(change_of(envelope, "cancelled"))
+        await self.store.record(self._outcome(envelope, "cancelled"))
 
     async def on_dead_letter(
         self, envelope: Envelope | None, reason: str, error_type: str | None
     ) -> None:
         if envelope is not None:  # an undecodable message has no job to record
             await self.store.record(
-                change_of(envelope, "dead", error_type=error_type, error_message=reason)
+                self._outcome(envelope, "dead", error_type=error_type, error_message=reason)
             )
