@@ -24,12 +24,15 @@ from amqp_jobs.errors import (
 )
 from amqp_jobs.jobs import Job, JobDefinition
 from amqp_jobs.middleware import Middleware
+from amqp_jobs.pipelines import Chain, ChainHandle, Signature, chain
 from amqp_jobs.retries import RetryPolicy
 from amqp_jobs.worker import Worker
 
 __all__ = [
     "Abort",
     "AmqpJobsError",
+    "Chain",
+    "ChainHandle",
     "ConfigurationError",
     "EnqueueRequest",
     "Envelope",
@@ -48,6 +51,7 @@ __all__ = [
     "QueueClient",
     "Retry",
     "RetryPolicy",
+    "Signature",
     "StoreError",
     "TransportError",
     "UnknownJobError",
@@ -55,4 +59,5 @@ __all__ = [
     "UnroutableError",
     "ValidationError",
     "Worker",
+    "chain",
 ]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pydantic
 
 from amqp_jobs.context import current_user
-from amqp_jobs.envelope import CONTENT_TYPE, Envelope, encode
+from amqp_jobs.envelope import CONTENT_TYPE, ChainStep, Envelope, encode
 from amqp_jobs.errors import ConfigurationError, PublishError
 from amqp_jobs.jobs import JobDefinition
 from amqp_jobs.middleware import MiddlewareStack
@@ -227,6 +227,7 @@ class Client:
         user: Mapping[str, Any] | None = None,
         expires: float | timedelta | None = None,
         idempotency_key: str | None = None,
+        chain: Sequence[ChainStep] = (),
     ) -> PreparedJob:
         """Validate, route and build one job, without publishing it.
 
@@ -273,6 +274,7 @@ class Client:
             idempotency_key=idempotency_key,
             labels=dict(labels or {}),
             user=dict(user) if user is not None else None,
+            chain=tuple(chain),
             **extra,
         )
         for hook in self.middleware.hooks("before_publish"):

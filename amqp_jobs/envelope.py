@@ -22,6 +22,17 @@ MAX_BODY_BYTES = 1_048_576
 """Default largest envelope a worker accepts; bigger ones are dead-lettered as oversized."""
 
 
+class ChainStep(pydantic.BaseModel):
+    """A step still to come in a chain: it runs with the previous step's output as input."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    job: str
+    queue: str | None = None
+    input_field: str | None = None  # wrap the output as {input_field: output}
+
+
 class Envelope(pydantic.BaseModel):
     """One job on the wire.
 
@@ -46,6 +57,7 @@ class Envelope(pydantic.BaseModel):
     idempotency_key: str | None = None
     labels: dict[str, str] = pydantic.Field(default_factory=dict)
     user: dict[str, Any] | None = None
+    chain: tuple[ChainStep, ...] = ()
 
     def next_attempt(self, *, not_before: float | None = None) -> Envelope:
         """Return a copy of this envelope for the following attempt."""

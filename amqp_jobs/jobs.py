@@ -17,6 +17,7 @@ from amqp_jobs.retries import RetryPolicy
 
 if TYPE_CHECKING:
     from amqp_jobs.client import JobHandle
+    from amqp_jobs.pipelines import Signature
 
 _NO_OUTPUT = (inspect.Signature.empty, None, type(None))
 
@@ -44,6 +45,7 @@ class JobDefinition:
     options: dict[str, Any] = field(default_factory=dict)
     idempotency: Callable[[pydantic.BaseModel], str] | None = None
     idempotency_window: float = 86_400.0
+    output_type: Any = None  # the return annotation; None when the job declares none
 
     def idempotency_key_of(self, data: pydantic.BaseModel) -> str | None:
         """The idempotency key of validated input ``data`` ("<job>:<key>"), if the job has one."""
@@ -193,6 +195,7 @@ def introspect(
         timeout=timeout,
         priority=priority,
         options=options,
+        output_type=None if returns in _NO_OUTPUT else returns,
     )
 
 
@@ -217,6 +220,13 @@ class Job:
         """Publish this job; options as :meth:`amqp_jobs.app.JobApp.enqueue`."""
         handle: JobHandle = await self._enqueue(self.definition.name, data, **options)
         return handle
+
+    def s(self, data: Any = None, **options: Any) -> Signature:
+        """A step for :func:`amqp_jobs.pipelines.chain`: this job, its data (first step
+        only; later steps receive the previous output) and enqueue options."""
+        from amqp_jobs.pipelines import Signature
+
+        return Signature(self, data, options)
 
     def __repr__(self) -> str:
         return f"<Job {self.definition.name} queue={self.definition.queue}>"

@@ -412,6 +412,11 @@ class Worker:
             self._running.pop(envelope.id, None)
             if self._progress is not None:
                 await self._progress.finish(envelope.id)
+        if error is None and envelope.chain:
+            try:
+                await self._continue_chain(envelope, definition, result)
+            except Exception as exc:  # e.g. the next step's input does not validate
+                error = exc
         for after in self.app.middleware.hooks("after_process", reverse=True):
             await after(ctx, result, error)
         if error is None:
@@ -447,6 +452,23 @@ class Worker:
                     f"{definition.timeout}s and was cancelled"
                 ) from None
             raise
+
+    async def _continue_chain(
+        self, envelope: Envelope, definition: JobDefinition, result: Any
+    ) -> None:
+        """Publish the chain's next step with this output as its input, before the ack."""
+        step, rest = envelope.chain[0], envelope.chain[1:]
+        output = definition.dump_output(result)
+        await self.app.client.enqueue(
+            step.job,
+            {step.input_field: output} if step.input_field else output,
+            job_id=step.id,
+            queue=step.queue,
+            chain=rest,
+            correlation_id=envelope.correlation_id or envelope.id,
+            parent_id=envelope.id,
+            user=envelope.user,
+        )
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -559,6 +559,7 @@ class JobStore:
         since: float | None = None,
         until: float | None = None,
         tags: Mapping[str, str] | None = None,
+        pipeline: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
@@ -580,6 +581,8 @@ class JobStore:
             query = query.where(jobs.c.state.in_(states))
         if job is not None:
             query = query.where(jobs.c.job == job)
+        if pipeline is not None:  # every job of a chain carries its first job's id
+            query = query.where(sa.or_(jobs.c.correlation_id == pipeline, jobs.c.id == pipeline))
         if since is not None:
             query = query.where(jobs.c.created_at >= since)
         if until is not None:

@@ -1,0 +1,169 @@
+"""Chains: the output of one job becomes the input of the next.
+
+``await chain(extract.s({"url": src}), transform.s(), load.s()).enqueue()`` publishes the
+first step; each step's envelope carries the steps still to come (with their job ids
+fixed up front), and the worker that finishes a step publishes the next one, with the
+output as its input, before it acknowledges its own message. A step that fails for good
+stops the chain: the later steps are never published, and the dead step's record says
+where it stopped. Every job of a chain carries the first job's id as its correlation id,
+so ``app.jobs.query(pipeline=handle.id)`` lists the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from amqp_jobs.envelope import ChainStep
+from amqp_jobs.errors import ConfigurationError, JobFailed
+from amqp_jobs.ids import new_job_id
+from amqp_jobs.jobs import JobDefinition
+
+if TYPE_CHECKING:
+    from amqp_jobs.client import JobHandle
+    from amqp_jobs.jobs import Job
+    from amqp_jobs.store.database import JobRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A job with its data and enqueue options, as a step of a chain (``job.s(...)``)."""
+
+    job: Job
+    data: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def chain(*steps: Signature) -> Chain:
+    """Steps run one after the other, each taking the previous output as its input.
+
+    Raises :class:`ConfigurationError` now, not at run time, when a step's output cannot
+    be the next step's input.
+    """
+    return Chain(steps)
+
+
+def _input_field(previous: JobDefinition, following: JobDefinition) -> str | None:
+    """How ``previous``'s output feeds ``following``: as its whole input (None), or as its
+    one parameter (the parameter's name). Raises when it cannot."""
+    where = f"chain step {previous.name!r} -> {following.name!r}"
+    produced = previous.output_type
+    if produced is None:
+        raise ConfigurationError(f"{where}: {previous.name!r} declares no return type")
+    wanted = following.input_model
+    if isinstance(produced, type) and issubclass(produced, pydantic.BaseModel):
+        if issubclass(produced, wanted):
+            return None
+        required = [n for n, f in wanted.model_fields.items() if f.is_required()]
+        missing = [n for n in required if n not in produced.model_fields]
+        if missing:
+            raise ConfigurationError(
+                f"{where}: {previous.name!r} returns {produced.__name__}, which lacks "
+                f"{missing} that {following.name!r} needs"
+            )
+        mismatched = [
+            n
+            for n in required
+            if produced.model_fields[n].annotation != wanted.model_fields[n].annotation
+        ]
+        if mismatched:
+            raise ConfigurationError(
+                f"{where}: field(s) {mismatched} of {produced.__name__} have other types "
+                f"than {following.name!r} takes"
+            )
+        return None
+    fields = wanted.model_fields
+    if following.unpack_input and len(fields) == 1:
+        name, only = next(iter(fields.items()))
+        if only.annotation == produced:
+            return name
+        raise ConfigurationError(
+            f"{where}: {previous.name!r} returns {produced!r} but {following.name!r}'s "
+            f"parameter {name!r} is {only.annotation!r}"
+        )
+    raise ConfigurationError(
+        f"{where}: {previous.name!r} returns {produced!r}, not a model; {following.name!r} "
+        "must then take exactly one parameter"
+    )
+
+
+class Chain:
+    """A validated sequence of steps; :meth:`enqueue` starts it."""
+
+    def __init__(self, steps: tuple[Signature, ...]) -> None:
+        if len(steps) < 2:
+            raise ConfigurationError("a chain needs at least two steps")
+        for later in steps[1:]:
+            if later.data is not None:
+                raise ConfigurationError(
+                    f"chain step {later.job.name!r} gets the previous step's output; "
+                    "give data to the first step only"
+                )
+        self.steps = steps
+        self._fields = [
+            _input_field(a.job.definition, b.job.definition) for a, b in itertools.pairwise(steps)
+        ]
+
+    async def enqueue(self, **options: Any) -> ChainHandle:
+        """Publish the first step (the others follow as each finishes)."""
+        ids = [new_job_id() for _ in self.steps]
+        rest = tuple(
+            ChainStep(
+                id=step_id,
+                job=step.job.name,
+                queue=step.options.get("queue"),
+                input_field=input_field,
+            )
+            for step_id, step, input_field in zip(
+                ids[1:], self.steps[1:], self._fields, strict=True
+            )
+        )
+        first = self.steps[0]
+        handle = await first.job.enqueue(
+            first.data, **{**first.options, **options}, job_id=ids[0], chain=rest
+        )
+        return ChainHandle(handle, ids, [s.job.name for s in self.steps])
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHandle:
+    """A started chain: ``id`` is the pipeline's id (its first job's)."""
+
+    first: JobHandle
+    step_ids: list[str]
+    step_jobs: list[str]
+
+    @property
+    def id(self) -> str:
+        """The pipeline id: query it with ``app.jobs.query(pipeline=...)``."""
+        return self.first.id
+
+    async def steps(self) -> list[JobRecord | None]:
+        """The record of each step (None for a step not published yet)."""
+        results = self.first._results()
+        return [await results.get(step_id) for step_id in self.step_ids]
+
+    async def result(self, timeout: float = 30.0) -> Any:
+        """The last step's output; raises :class:`JobFailed` for the step where it stopped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        results = self.first._results()
+        while True:
+            for record in await self.steps():
+                if record is not None and record.finished and record.state != "succeeded":
+                    raise JobFailed(
+                        record.id,
+                        record.state,
+                        record.error_type,
+                        f"chain stopped at {record.job!r}: {record.error_message}",
+                    )
+            last = await results.get(self.step_ids[-1])
+            if last is not None and last.finished:
+                return await results.result(last.id, timeout=0.1)
+            if loop.time() > deadline:
+                raise TimeoutError(f"chain {self.id} did not finish within {timeout}s")
+            await asyncio.sleep(0.05)
