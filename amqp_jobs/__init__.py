@@ -24,7 +24,7 @@ from amqp_jobs.errors import (
 )
 from amqp_jobs.jobs import Job, JobDefinition
 from amqp_jobs.middleware import Middleware
-from amqp_jobs.pipelines import Chain, ChainHandle, Signature, chain
+from amqp_jobs.pipelines import Chain, ChainHandle, Group, GroupHandle, Signature, chain, group
 from amqp_jobs.retries import RetryPolicy
 from amqp_jobs.worker import Worker
 
@@ -37,6 +37,8 @@ __all__ = [
     "EnqueueRequest",
     "Envelope",
     "EnvelopeError",
+    "Group",
+    "GroupHandle",
     "Job",
     "JobApp",
     "JobContext",
@@ -60,4 +62,5 @@ __all__ = [
     "ValidationError",
     "Worker",
     "chain",
+    "group",
 ]

@@ -199,7 +199,7 @@ class JobApp:
             else float(idempotency_window)
         )
         self.registry[job_name] = definition
-        return Job(definition, self.enqueue)
+        return Job(definition, self)
 
     def service(self, name: str, instance: object, **settings: Any) -> list[Job]:
         """Register the public methods of ``instance`` as jobs named ``"<name>.<method>"``.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pydantic
 
 from amqp_jobs.context import current_user
-from amqp_jobs.envelope import CONTENT_TYPE, ChainStep, Envelope, encode
+from amqp_jobs.envelope import CONTENT_TYPE, ChainStep, Envelope, GroupMember, encode
 from amqp_jobs.errors import ConfigurationError, PublishError
 from amqp_jobs.jobs import JobDefinition
 from amqp_jobs.middleware import MiddlewareStack
@@ -228,6 +228,7 @@ class Client:
         expires: float | timedelta | None = None,
         idempotency_key: str | None = None,
         chain: Sequence[ChainStep] = (),
+        group: GroupMember | None = None,
     ) -> PreparedJob:
         """Validate, route and build one job, without publishing it.
 
@@ -275,6 +276,7 @@ class Client:
             labels=dict(labels or {}),
             user=dict(user) if user is not None else None,
             chain=tuple(chain),
+            group=group,
             **extra,
         )
         for hook in self.middleware.hooks("before_publish"):

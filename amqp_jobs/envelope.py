@@ -33,6 +33,16 @@ class ChainStep(pydantic.BaseModel):
     input_field: str | None = None  # wrap the output as {input_field: output}
 
 
+class GroupMember(pydantic.BaseModel):
+    """This job is member ``position`` of a group whose callback gets every output."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    position: int
+    callback: ChainStep
+
+
 class Envelope(pydantic.BaseModel):
     """One job on the wire.
 
@@ -58,6 +68,7 @@ class Envelope(pydantic.BaseModel):
     labels: dict[str, str] = pydantic.Field(default_factory=dict)
     user: dict[str, Any] | None = None
     chain: tuple[ChainStep, ...] = ()
+    group: GroupMember | None = None
 
     def next_attempt(self, *, not_before: float | None = None) -> Envelope:
         """Return a copy of this envelope for the following attempt."""

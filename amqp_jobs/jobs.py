@@ -16,6 +16,7 @@ from amqp_jobs.errors import ConfigurationError, ValidationError
 from amqp_jobs.retries import RetryPolicy
 
 if TYPE_CHECKING:
+    from amqp_jobs.app import JobApp
     from amqp_jobs.client import JobHandle
     from amqp_jobs.pipelines import Signature
 
@@ -202,9 +203,9 @@ def introspect(
 class Job:
     """What ``@app.job`` returns: call it directly like the function, or ``enqueue`` it."""
 
-    def __init__(self, definition: JobDefinition, enqueue: Callable[..., Any]) -> None:
+    def __init__(self, definition: JobDefinition, app: JobApp) -> None:
         self.definition = definition
-        self._enqueue = enqueue
+        self.app = app
         self.__doc__ = definition.fn.__doc__
         self.__name__ = getattr(definition.fn, "__name__", definition.name)
 
@@ -218,8 +219,7 @@ class Job:
 
     async def enqueue(self, data: Any = None, **options: Any) -> JobHandle:
         """Publish this job; options as :meth:`amqp_jobs.app.JobApp.enqueue`."""
-        handle: JobHandle = await self._enqueue(self.definition.name, data, **options)
-        return handle
+        return await self.app.enqueue(self.definition.name, data, **options)
 
     def s(self, data: Any = None, **options: Any) -> Signature:
         """A step for :func:`amqp_jobs.pipelines.chain`: this job, its data (first step

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from amqp_jobs.envelope import ChainStep
+from amqp_jobs.envelope import ChainStep, GroupMember
 from amqp_jobs.errors import ConfigurationError, JobFailed
 from amqp_jobs.ids import new_job_id
 from amqp_jobs.jobs import JobDefinition
@@ -166,4 +167,99 @@ class ChainHandle:
                 return await results.result(last.id, timeout=0.1)
             if loop.time() > deadline:
                 raise TimeoutError(f"chain {self.id} did not finish within {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+def group(*members: Signature) -> Group:
+    """Jobs that run in parallel (fan-out); ``.then(callback.s())`` receives every output."""
+    return Group(members)
+
+
+class Group:
+    """Members to run at once; call :meth:`then` to name the job that gets their outputs."""
+
+    def __init__(self, members: tuple[Signature, ...]) -> None:
+        if not members:
+            raise ConfigurationError("a group needs at least one member")
+        self.members = members
+
+    def then(self, callback: Signature) -> GroupWithCallback:
+        """Fan-in: ``callback`` runs once every member succeeded, with their outputs as a
+        list (in member order) for its one parameter."""
+        definition = callback.job.definition
+        fields = definition.input_model.model_fields
+        if callback.data is not None or not definition.unpack_input or len(fields) != 1:
+            raise ConfigurationError(
+                f"group callback {callback.job.name!r} must take exactly one parameter (the "
+                "list of the members' outputs) and be given no data"
+            )
+        (name, only) = next(iter(fields.items()))
+        if typing.get_origin(only.annotation) is not list:
+            raise ConfigurationError(
+                f"group callback {callback.job.name!r}: parameter {name!r} must be a list "
+                f"(of the members' outputs), not {only.annotation!r}"
+            )
+        return GroupWithCallback(self.members, callback, name)
+
+
+class GroupWithCallback:
+    """A group and its callback; :meth:`enqueue` publishes the members."""
+
+    def __init__(self, members: tuple[Signature, ...], callback: Signature, field: str) -> None:
+        self.members = members
+        self.callback = callback
+        self._field = field
+
+    async def enqueue(self) -> GroupHandle:
+        """Record the group in the store, then publish every member."""
+        store = self.members[0].job.app.jobs.store  # a clear error when the app has none
+        group_id, callback_id = new_job_id(), new_job_id()
+        step = ChainStep(
+            id=callback_id,
+            job=self.callback.job.name,
+            queue=self.callback.options.get("queue"),
+            input_field=self._field,
+        )
+        await store.create_group(group_id, len(self.members))
+        handles: list[JobHandle] = []
+        for position, member in enumerate(self.members):
+            handles.append(
+                await member.job.enqueue(
+                    member.data,
+                    **member.options,
+                    correlation_id=group_id,
+                    group=GroupMember(id=group_id, position=position, callback=step),
+                )
+            )
+        return GroupHandle(group_id, handles, callback_id)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupHandle:
+    """A started group: its members' handles and the callback's job id."""
+
+    id: str
+    members: list[JobHandle]
+    callback_id: str
+
+    async def result(self, timeout: float = 30.0) -> Any:
+        """The callback's output; raises :class:`JobFailed` if a member failed for good."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        results = self.members[0]._results()
+        while True:
+            for member in self.members:
+                record = await results.get(member.id)
+                if record is not None and record.finished and record.state != "succeeded":
+                    raise JobFailed(
+                        record.id,
+                        record.state,
+                        record.error_type,
+                        f"group member {record.job!r} failed: {record.error_message}",
+                    )
+            callback = await results.get(self.callback_id)
+            if callback is not None and callback.finished:
+                return await results.result(self.callback_id, timeout=0.1)
+            if loop.time() > deadline:
+                raise TimeoutError(f"group {self.id} did not finish within {timeout}s")
             await asyncio.sleep(0.05)

@@ -412,7 +412,7 @@ class Worker:
             self._running.pop(envelope.id, None)
             if self._progress is not None:
                 await self._progress.finish(envelope.id)
-        if error is None and envelope.chain:
+        if error is None and (envelope.chain or envelope.group):
             try:
                 await self._continue_chain(envelope, definition, result)
             except Exception as exc:  # e.g. the next step's input does not validate
@@ -456,9 +456,32 @@ class Worker:
     async def _continue_chain(
         self, envelope: Envelope, definition: JobDefinition, result: Any
     ) -> None:
-        """Publish the chain's next step with this output as its input, before the ack."""
-        step, rest = envelope.chain[0], envelope.chain[1:]
+        """Publish the chain's next step with this output as its input, before the ack.
+
+        A group member instead records its output; the member that completes the group
+        publishes the group's callback with every output, in member order.
+        """
         output = definition.dump_output(result)
+        if envelope.group is not None:
+            if self.app.store is None:
+                raise ConfigurationError("a group member needs a worker app with a store")
+            outputs = await self.app.store.complete_member(
+                envelope.group.id, envelope.group.position, output
+            )
+            if outputs is None:
+                return
+            callback = envelope.group.callback
+            await self.app.client.enqueue(
+                callback.job,
+                {callback.input_field: outputs} if callback.input_field else outputs,
+                job_id=callback.id,
+                queue=callback.queue,
+                correlation_id=envelope.correlation_id or envelope.group.id,
+                parent_id=envelope.id,
+                user=envelope.user,
+            )
+            return
+        step, rest = envelope.chain[0], envelope.chain[1:]
         await self.app.client.enqueue(
             step.job,
             {step.input_field: output} if step.input_field else output,

@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 from amqp_jobs import ConfigurationError, JobApp, JobFailed
-from amqp_jobs.pipelines import chain
+from amqp_jobs.pipelines import chain, group
 from amqp_jobs.store import JobStore
 from tests.helpers import running
 
@@ -93,3 +93,56 @@ def test_a_chain_whose_types_do_not_fit_fails_when_it_is_built(app: JobApp) -> N
         chain(extract.s({"source": "1"}), load.s())  # type: ignore[attr-defined]
     with pytest.raises(ConfigurationError, match="give data to the first step only"):
         chain(extract.s({"source": "1"}), transform.s({"rows": []}))  # type: ignore[attr-defined]
+
+
+async def test_a_group_fans_out_and_its_callback_gets_every_output_once(
+    make_app: Callable[..., JobApp], make_store: Callable[[], JobStore]
+) -> None:
+    # Given a job run for 20 inputs in parallel, and a callback summing their outputs
+    app = make_app(store=make_store())
+    calls: list[list[int]] = []
+
+    @app.job(name="math.square")
+    async def square(n: int) -> int:
+        return n * n
+
+    @app.job(name="math.total")
+    async def total(squares: list[int]) -> int:
+        calls.append(squares)
+        return sum(squares)
+
+    # When the group runs on two workers at once
+    other = make_app(store=make_store())
+    other.registry.update(app.registry)
+    async with running(app, concurrency=8), running(other, concurrency=8):
+        handle = await group(*(square.s({"n": n}) for n in range(20))).then(total.s()).enqueue()
+        result = await handle.result(timeout=20)
+
+    # Then the callback ran once, with every output in member order
+    assert result == sum(n * n for n in range(20))
+    assert calls == [[n * n for n in range(20)]]
+
+
+async def test_a_failed_member_means_no_callback(
+    make_app: Callable[..., JobApp], make_store: Callable[[], JobStore]
+) -> None:
+    app = make_app(store=make_store())
+    called: list[object] = []
+
+    @app.job(name="math.risky", max_attempts=1)
+    async def risky(n: int) -> int:
+        if n == 3:
+            raise ValueError("three is bad")
+        return n
+
+    @app.job(name="math.collect")
+    async def collect(values: list[int]) -> None:
+        called.append(values)
+
+    async with running(app):
+        handle = await group(*(risky.s({"n": n}) for n in range(5))).then(collect.s()).enqueue()
+        with pytest.raises(JobFailed, match="three is bad"):
+            await handle.result(timeout=15)
+    assert called == []
+    with pytest.raises(ConfigurationError, match="must be a list"):
+        group(risky.s({"n": 1})).then(risky.s())

@@ -20,7 +20,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from amqp_jobs.errors import ConfigurationError, StoreError
-from amqp_jobs.store.schema import attempts, idempotency, job_tags, jobs, migrate
+from amqp_jobs.store.schema import (
+    attempts,
+    group_results,
+    groups,
+    idempotency,
+    job_tags,
+    jobs,
+    migrate,
+)
 
 DEFAULT_URL = "sqlite+aiosqlite:///./amqp_jobs.db"
 
@@ -426,6 +434,48 @@ class JobStore:
         )
         async with self._require().connect() as connection:
             return [row.id for row in await connection.execute(query)]
+
+    # --- groups (fan-out / fan-in) ------------------------------------------------------
+
+    async def create_group(self, group_id: str, size: int) -> None:
+        """Record a group of ``size`` members whose outputs will be collected."""
+        await self.open()
+        async with self._require().begin() as connection:
+            await connection.execute(
+                groups.insert().values(id=group_id, size=size, created_at=time.time())
+            )
+
+    async def complete_member(self, group_id: str, position: int, output: Any) -> list[Any] | None:
+        """Record a member's output; return all outputs (in member order) to the one call
+        that completes the group, None to every other (and to a repeated member).
+
+        The output's primary key makes a redelivered member count once; the ``fired``
+        flag, set by a conditional update, lets exactly one caller fire the callback.
+        """
+        await self.open()
+        async with self._require().begin() as connection:
+            added = await connection.execute(
+                self._insert()(group_results)
+                .values(group_id=group_id, position=position, output=output)
+                .on_conflict_do_nothing()
+            )
+            if added.rowcount == 1:
+                await connection.execute(
+                    groups.update().where(groups.c.id == group_id).values(done=groups.c.done + 1)
+                )
+            fired = await connection.execute(
+                groups.update()
+                .where(groups.c.id == group_id, groups.c.done >= groups.c.size, ~groups.c.fired)
+                .values(fired=True)
+            )
+            if fired.rowcount != 1:
+                return None
+            rows = await connection.execute(
+                sa.select(group_results.c.output)
+                .where(group_results.c.group_id == group_id)
+                .order_by(group_results.c.position)
+            )
+            return [row.output for row in rows]
 
     # --- idempotency -------------------------------------------------------------------
 

@@ -86,6 +86,24 @@ idempotency = sa.Table(
     sa.Column("expires_at", Seconds, nullable=False),
 )
 
+groups = sa.Table(
+    "amqp_jobs_groups",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("fired", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", Seconds, nullable=False),
+)
+
+group_results = sa.Table(
+    "amqp_jobs_group_results",
+    metadata,
+    sa.Column("group_id", sa.String(36), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("output", sa.JSON),
+)
+
 schema_version = sa.Table(
     "amqp_jobs_schema",
     sa.MetaData(),
