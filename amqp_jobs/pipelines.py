@@ -150,24 +150,34 @@ class ChainHandle:
 
     async def result(self, timeout: float = 30.0) -> Any:
         """The last step's output; raises :class:`JobFailed` for the step where it stopped."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        results = self.first._results()
-        while True:
-            for record in await self.steps():
-                if record is not None and record.finished and record.state != "succeeded":
-                    raise JobFailed(
-                        record.id,
-                        record.state,
-                        record.error_type,
-                        f"chain stopped at {record.job!r}: {record.error_message}",
-                    )
-            last = await results.get(self.step_ids[-1])
-            if last is not None and last.finished:
-                return await results.result(last.id, timeout=0.1)
-            if loop.time() > deadline:
-                raise TimeoutError(f"chain {self.id} did not finish within {timeout}s")
-            await asyncio.sleep(0.05)
+        return await _final_result(
+            self.first, self.step_ids[:-1], self.step_ids[-1], timeout, "chain stopped at"
+        )
+
+
+async def _final_result(
+    handle: JobHandle, watched: list[str], final_id: str, timeout: float, failure: str
+) -> Any:
+    """Wait for job ``final_id``'s result; fail as soon as one of ``watched`` failed for good."""
+    results = handle._results()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for job_id in watched:
+            record = await results.get(job_id)
+            if record is not None and record.finished and record.state != "succeeded":
+                raise JobFailed(
+                    record.id,
+                    record.state,
+                    record.error_type,
+                    f"{failure} {record.job!r}: {record.error_message}",
+                )
+        final = await results.get(final_id)
+        if final is not None and final.finished:
+            return await results.result(final_id, timeout=0.1)
+        if loop.time() > deadline:
+            raise TimeoutError(f"pipeline of job {handle.id} did not finish within {timeout}s")
+        await asyncio.sleep(0.05)
 
 
 def group(*members: Signature) -> Group:
@@ -244,22 +254,10 @@ class GroupHandle:
 
     async def result(self, timeout: float = 30.0) -> Any:
         """The callback's output; raises :class:`JobFailed` if a member failed for good."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        results = self.members[0]._results()
-        while True:
-            for member in self.members:
-                record = await results.get(member.id)
-                if record is not None and record.finished and record.state != "succeeded":
-                    raise JobFailed(
-                        record.id,
-                        record.state,
-                        record.error_type,
-                        f"group member {record.job!r} failed: {record.error_message}",
-                    )
-            callback = await results.get(self.callback_id)
-            if callback is not None and callback.finished:
-                return await results.result(self.callback_id, timeout=0.1)
-            if loop.time() > deadline:
-                raise TimeoutError(f"group {self.id} did not finish within {timeout}s")
-            await asyncio.sleep(0.05)
+        return await _final_result(
+            self.members[0],
+            [m.id for m in self.members],
+            self.callback_id,
+            timeout,
+            "group member failed:",
+        )
