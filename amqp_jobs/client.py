@@ -14,7 +14,7 @@ import pydantic
 from amqp_jobs.context import current_user
 from amqp_jobs.envelope import CONTENT_TYPE, ChainStep, Envelope, GroupMember, encode
 from amqp_jobs.errors import ConfigurationError, PublishError
-from amqp_jobs.jobs import JobDefinition
+from amqp_jobs.jobs import ANY_ADAPTER, JobDefinition
 from amqp_jobs.middleware import MiddlewareStack
 from amqp_jobs.topology import Declaration, Topology
 from amqp_jobs.transport.base import OutgoingMessage, Publication, Transport
@@ -91,7 +91,7 @@ def _data_to_json(data: Any) -> Any:
         return data.model_dump(mode="json")
     if data is None or isinstance(data, str | int | float | bool):
         return data
-    return pydantic.TypeAdapter(Any).dump_python(data, mode="json")
+    return ANY_ADAPTER.dump_python(data, mode="json")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 _NO_OUTPUT = (inspect.Signature.empty, None, type(None))
 
+ANY_ADAPTER: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(Any)
+"""Dumps untyped values to JSON-ready data; made once (building an adapter is costly)."""
+
 
 @dataclass(slots=True)
 class JobDefinition:
@@ -82,7 +85,7 @@ class JobDefinition:
     def dump_output(self, value: Any) -> Any:
         """JSON-ready form of a validated output."""
         if self.output_adapter is None:
-            return pydantic.TypeAdapter(Any).dump_python(value, mode="json")
+            return ANY_ADAPTER.dump_python(value, mode="json")
         return self.output_adapter.dump_python(value, mode="json")
 
     def input_schema(self) -> dict[str, Any]:
