@@ -138,3 +138,27 @@ async def test_middleware_hooks_run_in_order_and_in_reverse_after(app: JobApp) -
         "a.after_process:42:True",
     ]
     assert seen_labels == [{"a": "1", "b": "1"}]
+
+
+async def test_reconnects_back_off_exponentially_and_reset_once_connected() -> None:
+    from yarl import URL
+
+    from amqp_jobs.transport.amqp import BackoffRobustConnection
+
+    # Given a robust connection that is not connected, with a 0.5 s base interval
+    connection = BackoffRobustConnection(
+        URL("amqp://guest:guest@127.0.0.1/"), reconnect_interval=0.5
+    )
+
+    # When aio-pika asks for the wait after each failed attempt
+    waits = [connection.reconnect_interval for _ in range(10)]
+
+    # Then each wait doubles (with up to 20% jitter below), capped at 30 s
+    expected = [min(0.5 * 2**n, 30.0) for n in range(10)]
+    assert all(0.8 * e <= w <= e for w, e in zip(waits, expected, strict=True))
+
+    # And once connected, the base interval is used again
+    connection.connected.set()
+    assert connection.reconnect_interval == 0.5
+    connection.connected.clear()
+    assert 0.4 <= connection.reconnect_interval <= 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -72,6 +73,34 @@ def translate_errors(action: str) -> Iterator[None]:
         yield
     except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
         raise translate(exc, action) from exc
+
+
+class BackoffRobustConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, reconnecting with exponential backoff and jitter.
+
+    aio-pika waits ``reconnect_interval`` between attempts; here that interval doubles
+    with each failed attempt (up to ``MAX_RECONNECT_INTERVAL``) and falls back to the
+    configured one once connected, so a fleet does not hammer a broker that is down.
+    """
+
+    MAX_RECONNECT_INTERVAL = 30.0
+
+    @property
+    def reconnect_interval(self) -> float:
+        """Seconds to wait before the next attempt (read by aio-pika after each one)."""
+        if self.connected.is_set():
+            self._failed_attempts = 0
+            return float(self._base_interval)
+        self._failed_attempts += 1
+        interval = min(
+            self._base_interval * 2 ** (self._failed_attempts - 1), self.MAX_RECONNECT_INTERVAL
+        )
+        return float(interval * random.uniform(0.8, 1.0))
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, value: float) -> None:
+        self._base_interval = float(value)
+        self._failed_attempts = 0
 
 
 class _AckBatcher:
@@ -276,6 +305,7 @@ class AmqpTransport(Transport):
             with translate_errors(f"connecting to {self._safe_url()}"):
                 connection = await aio_pika.connect_robust(
                     self.url,
+                    connection_class=BackoffRobustConnection,
                     client_properties={"connection_name": self._connection_name},
                     reconnect_interval=self._reconnect_interval,
                     timeout=self._connect_timeout,
