@@ -18,8 +18,15 @@ from yarl import URL
 
 from amqp_jobs.client import Client, EnqueueRequest, JobHandle
 from amqp_jobs.context import current_user
-from amqp_jobs.errors import ConfigurationError, UnknownJobOptionError
-from amqp_jobs.jobs import IdempotencyKey, Job, JobDefinition, idempotency_function, introspect
+from amqp_jobs.errors import ConfigurationError, UnknownJobError, UnknownJobOptionError
+from amqp_jobs.jobs import (
+    DEFAULT_IDEMPOTENCY_WINDOW,
+    IdempotencyKey,
+    Job,
+    JobDefinition,
+    idempotency_function,
+    introspect,
+)
 from amqp_jobs.middleware import Middleware, MiddlewareStack
 from amqp_jobs.retries import Backoff, RetryPolicy
 from amqp_jobs.routes import Router, RoutingPolicy
@@ -116,7 +123,7 @@ class JobApp:
         timeout: float | None = None,
         priority: int | None = None,
         idempotency_key: IdempotencyKey = None,
-        idempotency_window: float | timedelta = 86_400.0,
+        idempotency_window: float | timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
         **options: Any,
     ) -> Callable[[F], Job]: ...
 
@@ -154,7 +161,7 @@ class JobApp:
         timeout: float | None = None,
         priority: int | None = None,
         idempotency_key: IdempotencyKey = None,
-        idempotency_window: float | timedelta = 86_400.0,
+        idempotency_window: float | timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
         **options: Any,
     ) -> Job:
         job_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
@@ -246,8 +253,6 @@ class JobApp:
         try:
             return self.registry[name]
         except KeyError:
-            from amqp_jobs.errors import UnknownJobError
-
             raise UnknownJobError(
                 f"no job named {name!r} is registered; known: {sorted(self.registry)}"
             ) from None

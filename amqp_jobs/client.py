@@ -14,7 +14,7 @@ import pydantic
 from amqp_jobs.context import current_user
 from amqp_jobs.envelope import CONTENT_TYPE, ChainStep, Envelope, GroupMember, encode
 from amqp_jobs.errors import ConfigurationError, PublishError
-from amqp_jobs.jobs import ANY_ADAPTER, JobDefinition
+from amqp_jobs.jobs import ANY_ADAPTER, DEFAULT_IDEMPOTENCY_WINDOW, JobDefinition
 from amqp_jobs.middleware import MiddlewareStack
 from amqp_jobs.topology import Declaration, Topology
 from amqp_jobs.transport.base import OutgoingMessage, Publication, Transport
@@ -363,7 +363,7 @@ class Client:
         if key is None or self.results is None:
             return None
         definition = self.registry.get(job.envelope.job)
-        window = definition.idempotency_window if definition else 86_400.0
+        window = definition.idempotency_window if definition else DEFAULT_IDEMPOTENCY_WINDOW
         owner = await self.results.store.claim_key(
             key, job.envelope.id, job.envelope.enqueued_at + window
         )

@@ -125,7 +125,7 @@ class DeadLetters:
         dead = describe(delivery)
         body = delivery.body
         try:
-            envelope = decode(body, max_bytes=max(len(body), 1))
+            envelope = decode(body, max_bytes=None)
             body = encode(envelope.model_copy(update={"attempt": 1, "enqueued_at": time.time()}))
         except EnvelopeError:
             pass

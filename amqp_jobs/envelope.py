@@ -80,13 +80,13 @@ def encode(envelope: Envelope) -> bytes:
     return envelope.model_dump_json(exclude_defaults=False).encode()
 
 
-def decode(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Envelope:
-    """Parse and validate an envelope body.
+def decode(body: bytes, *, max_bytes: int | None = MAX_BODY_BYTES) -> Envelope:
+    """Parse and validate an envelope body (``max_bytes=None``: no size limit).
 
     Raises :class:`EnvelopeError` with a sentence saying what is wrong, so the
     worker can dead-letter the message with that reason.
     """
-    if len(body) > max_bytes:
+    if max_bytes is not None and len(body) > max_bytes:
         raise EnvelopeError(f"body of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
     try:
         return Envelope.model_validate_json(body)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 _NO_OUTPUT = (inspect.Signature.empty, None, type(None))
 
+DEFAULT_IDEMPOTENCY_WINDOW = 86_400.0
+"""Seconds an idempotency key holds by default (one day)."""
+
 ANY_ADAPTER: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(Any)
 """Dumps untyped values to JSON-ready data; made once (building an adapter is costly)."""
 
@@ -48,7 +51,7 @@ class JobDefinition:
     priority: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     idempotency: Callable[[pydantic.BaseModel], str] | None = None
-    idempotency_window: float = 86_400.0
+    idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
     output_type: Any = None  # the return annotation; None when the job declares none
 
     def idempotency_key_of(self, data: pydantic.BaseModel) -> str | None:

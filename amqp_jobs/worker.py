@@ -376,14 +376,7 @@ class Worker:
     async def _run(
         self, delivery: Delivery, envelope: Envelope, definition: JobDefinition, data: Any
     ) -> None:
-        ctx = JobContext(
-            envelope,
-            definition,
-            client=self.app.client,
-            resources=self._resources,
-            worker_id=self.worker_id,
-            progress=self._progress,
-        )
+        ctx = self._context(envelope, definition)
         result: Any = None
         error: BaseException | None = None
         user_token = current_user.set(envelope.user)  # jobs this job enqueues inherit it
@@ -424,6 +417,16 @@ class Worker:
             self.stats.succeeded += 1
         else:
             await self._failed(delivery, ctx, error)
+
+    def _context(self, envelope: Envelope, definition: JobDefinition) -> JobContext:
+        return JobContext(
+            envelope,
+            definition,
+            client=self.app.client,
+            resources=self._resources,
+            worker_id=self.worker_id,
+            progress=self._progress,
+        )
 
     async def _call(self, definition: JobDefinition, ctx: JobContext, data: Any) -> Any:
         args: list[Any] = [ctx] if definition.takes_context else []
@@ -551,13 +554,7 @@ class Worker:
             return
         delay = policy.delay_after(envelope.attempt)
         lost = WorkerLost(f"attempt {envelope.attempt} was interrupted; the message came back")
-        ctx = JobContext(
-            envelope,
-            definition,
-            client=self.app.client,
-            resources=self._resources,
-            worker_id=self.worker_id,
-        )
+        ctx = self._context(envelope, definition)
         for hook in self.app.middleware.hooks("on_retry"):
             await hook(ctx, lost, delay)
         log.warning(

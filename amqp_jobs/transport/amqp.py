@@ -236,10 +236,12 @@ class AmqpDelivery(Delivery):
 class AmqpSubscription(Subscription):
     """A consumer on its own robust channel (so each queue has its own prefetch)."""
 
-    def __init__(self, channel: AbstractRobustChannel, queue: aio_pika.abc.AbstractQueue) -> None:
+    def __init__(
+        self, channel: AbstractRobustChannel, queue: aio_pika.abc.AbstractQueue, tag: str
+    ) -> None:
         self._channel = channel
         self._queue = queue
-        self._tag: str | None = None
+        self._tag: str | None = tag
 
     async def cancel(self) -> None:
         if self._tag is not None:
@@ -513,12 +515,11 @@ class AmqpTransport(Transport):
                 batcher = batchers[id(underlying)] = _AckBatcher(underlying)
             await handler(AmqpDelivery(message, queue, batcher))
 
-        subscription = AmqpSubscription(channel, amqp_queue)
         with translate_errors(f"consuming {queue!r}"):
-            subscription._tag = await amqp_queue.consume(
+            tag = await amqp_queue.consume(
                 on_message, arguments=dict(arguments) if arguments else None
             )
-        return subscription
+        return AmqpSubscription(channel, amqp_queue, tag)
 
     @contextlib.asynccontextmanager
     async def reader(self, queue: str) -> AsyncIterator[QueueReader]:
