@@ -43,6 +43,27 @@ class GroupMember(pydantic.BaseModel):
     callback: ChainStep
 
 
+class Sealed(pydantic.BaseModel):
+    """An encrypted payload: AES-256-GCM under a fresh data key, that key wrapped by the
+    user's key of version ``key_version``. Binary fields are URL-safe base64."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    key_version: int
+    wrapped_key: str  # nonce || AES-GCM(user key, data key), associated data bound
+    nonce: str
+    ciphertext: str
+
+
+class EnvelopeSignature(pydantic.BaseModel):
+    """Ed25519 signature over :func:`signing_bytes` by the key ``key_id``."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    key_id: str
+    value: str  # URL-safe base64
+
+
 class Envelope(pydantic.BaseModel):
     """One job on the wire.
 
@@ -69,10 +90,21 @@ class Envelope(pydantic.BaseModel):
     user: dict[str, Any] | None = None
     chain: tuple[ChainStep, ...] = ()
     group: GroupMember | None = None
+    sealed: Sealed | None = None  # set instead of ``data`` when the payload is encrypted
+    grant: str | None = None  # a signed impersonation grant, when published on someone's behalf
+    signature: EnvelopeSignature | None = None  # last, over every other field
 
     def next_attempt(self, *, not_before: float | None = None) -> Envelope:
         """Return a copy of this envelope for the following attempt."""
         return self.model_copy(update={"attempt": self.attempt + 1, "not_before": not_before})
+
+
+def signing_bytes(envelope: Envelope) -> bytes:
+    """The bytes a signature covers: the JSON body without its ``signature`` field.
+
+    The model fixes the field order, so publisher and worker produce the same bytes.
+    """
+    return envelope.model_dump_json(exclude={"signature"}).encode()
 
 
 def encode(envelope: Envelope) -> bytes:

@@ -300,6 +300,16 @@ class JobStore:
     def _safe_url(self) -> str:
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
+    async def engine(self) -> AsyncEngine:
+        """The open engine (opening the store first): for the store's companions
+        (schedules, keys, grants, audit, preferences) that keep their own tables."""
+        await self.open()
+        return self._require()
+
+    def insert(self) -> Any:
+        """The dialect's ``insert`` construct (with ``on_conflict_do_*``)."""
+        return self._insert()
+
     def _require(self) -> AsyncEngine:
         if self._engine is None:
             raise StoreError("the job store is not open; call open() first")

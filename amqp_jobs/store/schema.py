@@ -116,7 +116,16 @@ def _version_1(connection: sa.Connection) -> None:
     metadata.create_all(connection)
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_version_1]
+def _version_2(connection: sa.Connection) -> None:
+    # Schedules (amqp_jobs.scheduling) and the security tables (user keys, grants, audit
+    # log, preferences) each keep their tables in their own module, next to their code.
+    from amqp_jobs.store import schema_scheduling, schema_security
+
+    schema_scheduling.metadata.create_all(connection)
+    schema_security.metadata.create_all(connection)
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_version_1, _version_2]
 """Migration ``i`` brings the schema to version ``i + 1``. Append; never edit one."""
 
 
