@@ -83,6 +83,8 @@ class JobApp:
                 return AmqpTransport(url_for_vhost(self.url, vhost), connection_name=service)
 
         self.registry: dict[str, JobDefinition] = {}
+        self.schedules: dict[str, Any] = {}
+        """Schedules defined in code (``app.schedule``), by name; see amqp_jobs.scheduling."""
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self.router = Router(routing, self.topology) if routing is not None else None
@@ -248,6 +250,16 @@ class JobApp:
         for hook in reversed(self._shutdown):
             await hook(resources)
 
+    def schedule(self, name: str, job: str, **settings: Any) -> Any:
+        """Define a recurring job: ``app.schedule("nightly", "maintenance.cleanup",
+        cron="0 0 * * *", timezone="Europe/Berlin", data={...})`` or ``every=timedelta(...)``.
+
+        ``amqp-jobs scheduler module:app`` fires it; see :mod:`amqp_jobs.scheduling`.
+        """
+        from amqp_jobs.scheduling.registry import define_schedule
+
+        return define_schedule(self, name, job, **settings)
+
     def get_job(self, name: str) -> JobDefinition:
         """The definition of a registered job, or a clear error."""
         try:
@@ -351,8 +363,16 @@ class QueueClient:
         self.app = app
         self.name = name
 
-    async def add(self, job: str, data: Any = None, **options: Any) -> JobHandle:
-        """Publish ``job`` into this queue; options as :meth:`JobApp.enqueue`."""
+    async def add(self, job: str, data: Any = None, **options: Any) -> Any:
+        """Publish ``job`` into this queue; options as :meth:`JobApp.enqueue`.
+
+        With ``repeat={"cron": "0 0 * * *"}`` (or ``{"every": timedelta(...)}``) it
+        stores a schedule instead and returns it (see :mod:`amqp_jobs.scheduling`).
+        """
+        if "repeat" in options:
+            from amqp_jobs.scheduling.registry import add_repeating
+
+            return await add_repeating(self.app, self.name, job, data, **options)
         return await self.app.enqueue(job, data, queue=self.name, **options)
 
     async def add_many(self, jobs: Iterable[tuple[str, Any]]) -> list[JobHandle]:

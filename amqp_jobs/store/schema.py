@@ -118,10 +118,11 @@ def _version_1(connection: sa.Connection) -> None:
 
 def _version_2(connection: sa.Connection) -> None:
     # Schedules (amqp_jobs.scheduling) and the security tables (user keys, grants, audit
-    # log, preferences) each keep their tables in their own module, next to their code.
-    from amqp_jobs.store import schema_scheduling, schema_security
+    # log, preferences) keep their tables in their own module, next to their code.
+    from amqp_jobs.store import schema_keys, schema_scheduling, schema_security
 
     schema_scheduling.metadata.create_all(connection)
+    schema_keys.metadata.create_all(connection)
     schema_security.metadata.create_all(connection)
 
 

@@ -1,4 +1,4 @@
-"""Tables of the security layer: user keys, grants, the audit log and preferences.
+"""Tables of the security layer: grants, impersonators, the audit log and preferences.
 
 Created by migration 2 (amqp_jobs.store.schema). Once released, change them by a new
 migration that ALTERs, never by editing these definitions.
