@@ -16,9 +16,12 @@ from urllib.parse import quote
 
 from yarl import URL
 
+from amqp_jobs import triggers
 from amqp_jobs.client import Client, EnqueueRequest, JobHandle
+from amqp_jobs.conditions import Condition, FieldMap
 from amqp_jobs.context import current_user
 from amqp_jobs.errors import ConfigurationError, UnknownJobError, UnknownJobOptionError
+from amqp_jobs.events import Rule, emit, make_rule
 from amqp_jobs.jobs import (
     DEFAULT_IDEMPOTENCY_WINDOW,
     IdempotencyKey,
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
+FollowUps = str | Job | Sequence[str | Job] | None
 
 
 class JobApp:
@@ -83,6 +87,10 @@ class JobApp:
                 return AmqpTransport(url_for_vhost(self.url, vhost), connection_name=service)
 
         self.registry: dict[str, JobDefinition] = {}
+        self.conditions: dict[str, Callable[[Any], Any]] = {}
+        """Chain-step conditions (``@app.condition``), by name."""
+        self.rules: list[Rule] = []
+        """Event rules (``app.on``): which events dispatch which jobs."""
         self.schedules: dict[str, Any] = {}
         """Schedules defined in code (``app.schedule``), by name; see amqp_jobs.scheduling."""
         self._startup: list[Hook] = []
@@ -126,6 +134,8 @@ class JobApp:
         priority: int | None = None,
         idempotency_key: IdempotencyKey = None,
         idempotency_window: float | timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        on_success: FollowUps = None,
+        on_failure: FollowUps = None,
         **options: Any,
     ) -> Callable[[F], Job]: ...
 
@@ -139,8 +149,10 @@ class JobApp:
         ``backoff_base``, ``max_backoff``, ``jitter`` and ``retry_on`` make its
         retry policy; ``timeout`` is its time limit in seconds. ``idempotency_key``
         (field names, a function of the input, or True for the whole input) makes the
-        job run once per key within ``idempotency_window`` (needs a store). Other
-        keyword options must be claimed by an installed middleware.
+        job run once per key within ``idempotency_window`` (needs a store).
+        ``on_success`` jobs run with this job's output as input; ``on_failure`` jobs with
+        a :class:`~amqp_jobs.triggers.JobFailure` when it ends dead. Other keyword
+        options must be claimed by an installed middleware.
         """
 
         def register(function: Callable[..., Any]) -> Job:
@@ -164,6 +176,8 @@ class JobApp:
         priority: int | None = None,
         idempotency_key: IdempotencyKey = None,
         idempotency_window: float | timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        on_success: FollowUps = None,
+        on_failure: FollowUps = None,
         **options: Any,
     ) -> Job:
         job_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
@@ -207,8 +221,32 @@ class JobApp:
             if isinstance(idempotency_window, timedelta)
             else float(idempotency_window)
         )
+        definition.on_success = triggers.target_names(on_success, where=f"job {job_name!r}")
+        definition.on_failure = triggers.target_names(on_failure, where=f"job {job_name!r}")
+        triggers.check(self, definition, strict=False)
         self.registry[job_name] = definition
+        try:
+            for other in self.registry.values():  # those that named this job before it existed
+                if job_name in other.on_success or job_name in other.on_failure:
+                    triggers.check(self, other, strict=False)
+        except ConfigurationError:
+            del self.registry[job_name]
+            raise
         return Job(definition, self)
+
+    def condition(self, fn: F | None = None, /, *, name: str | None = None) -> Any:
+        """Register a condition for chain steps (``step.s(when=fn)``): a function of the
+        previous step's output. Conditions travel by name, so the worker must import the
+        module that registers them (as it does the jobs)."""
+
+        def register(function: F) -> F:
+            key = name or f"{function.__module__}.{function.__qualname__}"
+            if key in self.conditions and self.conditions[key] is not function:
+                raise ConfigurationError(f"a condition named {key!r} is already registered")
+            self.conditions[key] = function
+            return function
+
+        return register(fn) if fn is not None else register
 
     def service(self, name: str, instance: object, **settings: Any) -> list[Job]:
         """Register the public methods of ``instance`` as jobs named ``"<name>.<method>"``.
@@ -249,6 +287,95 @@ class JobApp:
         """Run the shut-down hooks, last registered first."""
         for hook in reversed(self._shutdown):
             await hook(resources)
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        user: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> bool:
+        """Publish event ``event`` (dotted name, e.g. ``"user.signed_up"``) with ``data``.
+
+        ``user`` defaults to the current user (of ``acting_as`` or the running job); the
+        jobs that rules dispatch run for that user. Returns False when no rule listens.
+        """
+        return await emit(self, event, data, user=user, event_id=event_id)
+
+    @overload
+    def on(
+        self,
+        event: str,
+        *,
+        when: Condition | None = None,
+        map: FieldMap | None = None,
+        name: str | None = None,
+        exchange: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Callable[[Job | Callable[..., Any]], Job]: ...
+    @overload
+    def on(
+        self,
+        event: str,
+        *,
+        jobs: str | Job | Sequence[str | Job],
+        when: Condition | None = None,
+        map: FieldMap | None = None,
+        name: str | None = None,
+        exchange: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Rule: ...
+
+    def on(
+        self,
+        event: str,
+        *,
+        jobs: str | Job | Sequence[str | Job] | None = None,
+        when: Condition | None = None,
+        map: FieldMap | None = None,
+        name: str | None = None,
+        exchange: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Any:
+        """A rule: event ``event`` (a name or topic pattern such as ``"user.*"``)
+        dispatches jobs when ``when`` holds.
+
+        ``when`` is a function of the :class:`~amqp_jobs.events.Event` (its data fields
+        read as attributes: ``lambda e: e.plan == "pro"``) or a mapping of field tests
+        (``{"plan": "pro", "seats": {"gte": 10}}``). ``map`` turns the event into the
+        jobs' input (a function, or ``{"input_field": "path.in.data"}``); by default the
+        event's data is the input. ``exchange`` listens to an existing topic exchange of
+        yours instead of the app's events. Use as ``@app.on(...)`` over a job (or over a
+        function, which becomes a job), or with ``jobs=`` naming registered jobs.
+        Workers of the app run the rules.
+        """
+        settings: dict[str, Any] = {
+            "when": when,
+            "map": map,
+            "name": name,
+            "exchange": exchange,
+            "queue": queue,
+            "priority": priority,
+        }
+        if jobs is not None:
+            targets = [jobs] if isinstance(jobs, str | Job) else list(jobs)
+            names = [t.name if isinstance(t, Job) else t for t in targets]
+            rule = make_rule(self, event, names, **settings)
+            self.rules.append(rule)
+            return rule
+
+        def decorate(target: Job | Callable[..., Any]) -> Job:
+            job = target if isinstance(target, Job) else self.job(target)
+            self.rules.append(make_rule(self, event, [job.name], **settings))
+            return job
+
+        return decorate
 
     def schedule(self, name: str, job: str, **settings: Any) -> Any:
         """Define a recurring job: ``app.schedule("nightly", "maintenance.cleanup",

@@ -174,6 +174,14 @@ class Client:
         for transport in transports.values():
             await transport.close()
 
+    async def ensure_infrastructure(self) -> None:
+        """Declare the shared infrastructure of the connection's own virtual host (once)."""
+        if None not in self._ready:
+            await self.transport.declare(self.topology.infrastructure())
+            if self.router is not None:
+                await self.transport.declare(self.router.static_declarations())
+            self._ready[None] = set()
+
     async def ensure_queue(self, queue: str) -> None:
         """Declare the shared infrastructure (once) and the work queue ``queue``."""
         if queue not in self.ready_queues:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqp_jobs.envelope import CONTENT_TYPE, decode, encode
 from amqp_jobs.errors import EnvelopeError
+from amqp_jobs.events import EVENT_ROUTING_KEY_HEADER
 from amqp_jobs.transport.base import Delivery, OutgoingMessage
 from amqp_jobs.worker import (
     DEAD_AT_HEADER,
@@ -129,11 +130,15 @@ class DeadLetters:
             body = encode(envelope.model_copy(update={"attempt": 1, "enqueued_at": time.time()}))
         except EnvelopeError:
             pass
+        # An event a rule failed on goes back to the rule's queue, its name kept aside
+        # (published directly to the queue, its routing key is the queue's name).
+        kept = {k: v for k, v in delivery.headers.items() if k == EVENT_ROUTING_KEY_HEADER}
         message = OutgoingMessage(
             body=body,
             message_id=delivery.message_id or "",
             type=delivery.type or "",
             content_type=delivery.content_type or CONTENT_TYPE,
             priority=delivery.priority,
+            headers=kept,
         )
         await self.app.transport.publish(message, "", dead.queue, timeout=self.app.publish_timeout)

@@ -31,6 +31,9 @@ class ChainStep(pydantic.BaseModel):
     job: str
     queue: str | None = None
     input_field: str | None = None  # wrap the output as {input_field: output}
+    # Run only if this holds for the previous output: a field-test mapping
+    # (amqp_jobs.conditions) or the name of a condition registered with @app.condition.
+    when: dict[str, Any] | str | None = None
 
 
 class GroupMember(pydantic.BaseModel):

@@ -53,6 +53,8 @@ class JobDefinition:
     idempotency: Callable[[pydantic.BaseModel], str] | None = None
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
     output_type: Any = None  # the return annotation; None when the job declares none
+    on_success: tuple[str, ...] = ()  # jobs dispatched with the output when this succeeds
+    on_failure: tuple[str, ...] = ()  # jobs dispatched with a JobFailure when this is dead
 
     def idempotency_key_of(self, data: pydantic.BaseModel) -> str | None:
         """The idempotency key of validated input ``data`` ("<job>:<key>"), if the job has one."""

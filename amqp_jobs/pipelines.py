@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from amqp_jobs.conditions import validate_condition
 from amqp_jobs.envelope import ChainStep, GroupMember
 from amqp_jobs.errors import ConfigurationError, JobFailed
 from amqp_jobs.ids import new_job_id
@@ -48,7 +50,16 @@ def chain(*steps: Signature) -> Chain:
     return Chain(steps)
 
 
-def _input_field(previous: JobDefinition, following: JobDefinition) -> str | None:
+class Producer(typing.Protocol):
+    """What produces a step's input: a job definition, or a stand-in with an output type."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def output_type(self) -> Any: ...
+
+
+def _input_field(previous: Producer, following: JobDefinition) -> str | None:
     """How ``previous``'s output feeds ``following``: as its whole input (None), or as its
     one parameter (the parameter's name). Raises when it cannot."""
     where = f"chain step {previous.name!r} -> {following.name!r}"
@@ -92,8 +103,39 @@ def _input_field(previous: JobDefinition, following: JobDefinition) -> str | Non
     )
 
 
+def _wire_condition(step: Signature) -> dict[str, Any] | str | None:
+    """A step's ``when=`` in the form that travels in the envelope: a field-test mapping,
+    or the name of a condition registered with ``@app.condition``."""
+    when = step.options.get("when")
+    where = f"chain step {step.job.name!r}"
+    if when is None:
+        return None
+    if isinstance(when, Mapping):
+        validate_condition(when, where=where)
+        return dict(when)
+    if isinstance(when, str):
+        if when not in step.job.app.conditions:
+            raise ConfigurationError(f"{where}: no condition named {when!r} is registered")
+        return when
+    if callable(when):
+        for name, registered in step.job.app.conditions.items():
+            if registered is when:
+                return name
+        raise ConfigurationError(
+            f"{where}: a when= function must be registered with @app.condition (conditions "
+            "travel in the message by name, so the worker must know them); or give a "
+            "field-test mapping such as {'rows': {'gt': 0}}"
+        )
+    raise ConfigurationError(f"{where}: when= is a mapping, a condition name or function")
+
+
 class Chain:
-    """A validated sequence of steps; :meth:`enqueue` starts it."""
+    """A validated sequence of steps; :meth:`enqueue` starts it.
+
+    A later step may carry ``when=`` (``load.s(when={"rows": {"gt": 0}})``): when the
+    condition does not hold for the previous output, that step and those after it are
+    recorded as skipped and never run.
+    """
 
     def __init__(self, steps: tuple[Signature, ...]) -> None:
         if len(steps) < 2:
@@ -104,7 +146,13 @@ class Chain:
                     f"chain step {later.job.name!r} gets the previous step's output; "
                     "give data to the first step only"
                 )
+        if "when" in steps[0].options:
+            raise ConfigurationError(
+                f"chain step {steps[0].job.name!r} is the first: it has no previous output "
+                "for a when= condition"
+            )
         self.steps = steps
+        self._conditions = [_wire_condition(step) for step in steps[1:]]
         self._fields = [
             _input_field(a.job.definition, b.job.definition) for a, b in itertools.pairwise(steps)
         ]
@@ -118,9 +166,10 @@ class Chain:
                 job=step.job.name,
                 queue=step.options.get("queue"),
                 input_field=input_field,
+                when=when,
             )
-            for step_id, step, input_field in zip(
-                ids[1:], self.steps[1:], self._fields, strict=True
+            for step_id, step, input_field, when in zip(
+                ids[1:], self.steps[1:], self._fields, self._conditions, strict=True
             )
         )
         first = self.steps[0]
@@ -149,7 +198,8 @@ class ChainHandle:
         return [await results.get(step_id) for step_id in self.step_ids]
 
     async def result(self, timeout: float = 30.0) -> Any:
-        """The last step's output; raises :class:`JobFailed` for the step where it stopped."""
+        """The last step's output (None if a ``when=`` skipped the rest); raises
+        :class:`JobFailed` for the step where it stopped."""
         return await _final_result(
             self.first, self.step_ids[:-1], self.step_ids[-1], timeout, "chain stopped at"
         )
@@ -165,6 +215,8 @@ async def _final_result(
     while True:
         for job_id in watched:
             record = await results.get(job_id)
+            if record is not None and record.state == "skipped":
+                return None  # a condition ended the pipeline early: there is no output
             if record is not None and record.finished and record.state != "succeeded":
                 raise JobFailed(
                     record.id,

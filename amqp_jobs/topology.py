@@ -108,6 +108,23 @@ class Topology:
         return f"{self.namespace}.dead"
 
     @property
+    def events_exchange(self) -> str:
+        """Topic exchange that ``app.emit`` publishes events to, by event name."""
+        return f"{self.namespace}.events"
+
+    def rule_queue(self, rule: str) -> str:
+        """The durable queue of event rule ``rule``: events wait there while no worker runs."""
+        name = re.sub(r"[^A-Za-z0-9_\-.]+", "_", rule).strip(".") or "rule"
+        return f"{self.namespace}.on.{name}"[:_MAX_ROUTING_KEY]
+
+    def rule_queue_declaration(self, rule: str) -> QueueDecl:
+        """Declaration of :meth:`rule_queue`."""
+        return QueueDecl(
+            self.rule_queue(rule),
+            {"x-queue-type": "classic", "x-queue-version": CLASSIC_QUEUE_VERSION},
+        )
+
+    @property
     def dead_letter_queue(self) -> str:
         """The queue holding exhausted and poisonous jobs, each with its reason."""
         return f"{self.namespace}.dead"
@@ -184,8 +201,12 @@ class Topology:
         ]
 
     def infrastructure(self) -> list[Declaration]:
-        """Declarations shared by all queues: dead-letter queue and the delay levels."""
-        return [*self._dead_letter(), *self._delay_levels()]
+        """Declarations shared by all queues: dead-letter queue, delay levels, events exchange."""
+        return [
+            *self._dead_letter(),
+            *self._delay_levels(),
+            ExchangeDecl(self.events_exchange, "topic"),
+        ]
 
     def _dead_letter(self) -> Iterator[Declaration]:
         yield ExchangeDecl(self.dead_letter_exchange, "fanout")

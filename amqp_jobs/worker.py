@@ -18,13 +18,15 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from amqp_jobs import triggers
+from amqp_jobs.conditions import holds
 from amqp_jobs.context import JobContext, current_user
-from amqp_jobs.envelope import CONTENT_TYPE, MAX_BODY_BYTES, Envelope, decode
+from amqp_jobs.envelope import CONTENT_TYPE, MAX_BODY_BYTES, ChainStep, Envelope, decode
 from amqp_jobs.errors import (
     ConfigurationError,
     EnvelopeError,
@@ -35,11 +37,13 @@ from amqp_jobs.errors import (
 )
 from amqp_jobs.errors import ValidationError as JobValidationError
 from amqp_jobs.jobs import JobDefinition
+from amqp_jobs.store.database import StateChange
 from amqp_jobs.store.progress import ProgressReporter
 from amqp_jobs.transport.base import Delivery, OutgoingMessage, Subscription
 
 if TYPE_CHECKING:
     from amqp_jobs.app import JobApp
+    from amqp_jobs.events import RuleListener
     from amqp_jobs.routes import ConsumptionPlan
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,7 @@ class Worker:
         worker_id: str | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         tenant_prefetch: int | None = None,
+        events: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -102,6 +107,7 @@ class Worker:
         self.grace_period = grace_period
         self.worker_id = worker_id or default_worker_id()
         self.max_body_bytes = max_body_bytes
+        self.events = events  # consume the app's event rules' queues too
         self.stats = WorkerStats()
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -117,6 +123,7 @@ class Worker:
         self._running: dict[str, tuple[JobContext, asyncio.Task[Any]]] = {}
         self._cancelled: dict[str, None] = {}  # ids whose cancellation was requested
         self._cancel_watch: asyncio.Task[None] | None = None
+        self.rule_listener: RuleListener | None = None
         self.cancel_poll_interval = 0.5
         self.cancel_lookback = 86_400.0
 
@@ -129,6 +136,7 @@ class Worker:
         of those tiers gets a share of the prefetch in proportion to its weight, and
         tenant queues are picked up from the registry stream as they appear.
         """
+        triggers.check_all(self.app)  # an on_success naming an unknown job fails now
         await self.app.connect()
         prefetch = {queue: self.prefetch for queue in self.queues}
         if self.tiers:
@@ -147,6 +155,11 @@ class Worker:
             await self._consume(queue, count)
         if self._plan is not None and self._plan.tenant_patterns:
             await self._follow_tenant_queues()
+        if self.events and self.app.rules:
+            from amqp_jobs.events import RuleListener
+
+            self.rule_listener = RuleListener(self, self.app.rules)
+            await self.rule_listener.start()
         if self.app.store is not None:
             self._cancel_watch = asyncio.get_running_loop().create_task(self._watch_cancels(since))
         log.info("worker %s consuming %s", self.worker_id, ", ".join(sorted(self._consumed)))
@@ -290,6 +303,21 @@ class Worker:
     # --- one message -------------------------------------------------------------------
 
     async def _on_delivery(self, delivery: Delivery) -> None:
+        await self.guarded(delivery, lambda: self._process(delivery))
+
+    async def subscribe(
+        self, queue: str, handler: Callable[[Delivery], Awaitable[None]], prefetch: int
+    ) -> None:
+        """Consume an AMQP queue with ``handler`` (wrap it with :meth:`guarded`); the
+        subscription ends when the worker stops. Used by the event rules."""
+        self._subscriptions.append(
+            await self.app.transport.consume(queue, handler, prefetch=prefetch)
+        )
+
+    async def guarded(self, delivery: Delivery, handle: Callable[[], Awaitable[None]]) -> None:
+        """Run ``handle()`` for ``delivery`` in one of the worker's slots, tracked for a
+        graceful stop; a message that arrives while stopping is handed back untouched,
+        and one whose settling fails is returned to its queue."""
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -298,7 +326,7 @@ class Worker:
                 if self._stopping:
                     await self._hand_back(delivery)
                 else:
-                    await self._process(delivery)
+                    await handle()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -405,11 +433,8 @@ class Worker:
             self._running.pop(envelope.id, None)
             if self._progress is not None:
                 await self._progress.finish(envelope.id)
-        if error is None and (envelope.chain or envelope.group):
-            try:
-                await self._continue_chain(envelope, definition, result)
-            except Exception as exc:  # e.g. the next step's input does not validate
-                error = exc
+        if error is None:
+            error = await self._follow_up(envelope, definition, result)
         for after in self.app.middleware.hooks("after_process", reverse=True):
             await after(ctx, result, error)
         if error is None:
@@ -485,6 +510,9 @@ class Worker:
             )
             return
         step, rest = envelope.chain[0], envelope.chain[1:]
+        if step.when is not None and not self._step_condition_holds(step, result, output):
+            await self._skip_steps(envelope, envelope.chain)
+            return
         await self.app.client.enqueue(
             step.job,
             {step.input_field: output} if step.input_field else output,
@@ -495,6 +523,65 @@ class Worker:
             parent_id=envelope.id,
             user=envelope.user,
         )
+
+    async def _follow_up(
+        self, envelope: Envelope, definition: JobDefinition, result: Any
+    ) -> Exception | None:
+        """Publish what follows a success (chain step, group callback, on_success jobs)
+        before the ack; an error here fails the attempt (e.g. the next input is invalid)."""
+        if not (envelope.chain or envelope.group or definition.on_success):
+            return None
+        try:
+            if envelope.chain or envelope.group:
+                await self._continue_chain(envelope, definition, result)
+            if definition.on_success:
+                await triggers.dispatch_success(self.app, envelope, definition, result)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _step_condition_holds(self, step: ChainStep, result: Any, output: Any) -> bool:
+        if isinstance(step.when, dict):
+            return holds(step.when, output)
+        condition = self.app.conditions.get(step.when or "")
+        if condition is None:
+            raise ConfigurationError(
+                f"chain step {step.job!r}: no condition named {step.when!r} is registered in "
+                "this worker's app"
+            )
+        return bool(condition(result))
+
+    async def _skip_steps(self, envelope: Envelope, steps: Sequence[ChainStep]) -> None:
+        """Record the chain's remaining steps as skipped (their condition did not hold)."""
+        log.info(
+            "job %s: condition of chain step %s does not hold; %d step(s) skipped",
+            envelope.id,
+            steps[0].job,
+            len(steps),
+        )
+        if self.app.store is None:
+            return
+        user = envelope.user or {}
+        now = time.time()
+        for step in steps:
+            definition = self.app.registry.get(step.job)
+            await self.app.store.record(
+                StateChange(
+                    job_id=step.id,
+                    state="skipped",
+                    attempt=0,
+                    job=step.job,
+                    queue=step.queue
+                    or (definition.queue if definition else self.app.default_queue),
+                    created_at=now,
+                    user_id=None if user.get("user_id") is None else str(user["user_id"]),
+                    tenant=None if user.get("tenant") is None else str(user["tenant"]),
+                    publisher=envelope.publisher,
+                    correlation_id=envelope.correlation_id or envelope.id,
+                    parent_id=envelope.id,
+                    error_message=f"skipped: the condition of step {steps[0].job!r} did not hold",
+                )
+            )
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -586,6 +673,13 @@ class Worker:
         await self._publish_then_ack(delivery, message, "", delivery.queue)
         self.stats.handed_back += 1
 
+    async def dead_letter(
+        self, delivery: Delivery, reason: str, *, extra_headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send a message that is not a job (e.g. an event a rule failed on) to the
+        dead-letter queue with ``reason``, then ack it."""
+        await self._dead_letter(delivery, reason, extra_headers=extra_headers)
+
     async def _dead_letter(
         self,
         delivery: Delivery,
@@ -593,6 +687,7 @@ class Worker:
         envelope: Envelope | None = None,
         *,
         error_type: str | None = None,
+        extra_headers: Mapping[str, Any] | None = None,
     ) -> None:
         """Publish the original body to the dead-letter queue with the reason, then ack.
 
@@ -600,6 +695,10 @@ class Worker:
         dead-letters it through the queue's DLX (the reason is then only in the log).
         """
         log.warning("dead-lettering message %s: %s", delivery.message_id, reason)
+        if envelope is not None and error_type is not None:
+            definition = self.app.registry.get(envelope.job)
+            if definition is not None and definition.on_failure:
+                await triggers.dispatch_failure(self.app, envelope, definition, reason, error_type)
         for hook in self.app.middleware.hooks("on_dead_letter"):
             await hook(envelope, reason, error_type)
         headers: dict[str, Any] = {
@@ -612,6 +711,8 @@ class Worker:
             headers[DEAD_ATTEMPTS_HEADER] = envelope.attempt
         if error_type is not None:
             headers[DEAD_ERROR_HEADER] = error_type
+        if extra_headers:
+            headers.update(extra_headers)
         message = OutgoingMessage(
             body=delivery.body,
             message_id=delivery.message_id or (envelope.id if envelope else ""),

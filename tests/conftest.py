@@ -90,6 +90,7 @@ async def make_app(amqp_url: str, namespace: str) -> AsyncIterator[Callable[...,
     for app in apps:
         if app.router is not None:
             declarations += app.router.static_declarations()
+        declarations += [app.topology.rule_queue_declaration(rule.name) for rule in app.rules]
     for app in apps:
         with contextlib.suppress(Exception):
             await app.close()

@@ -40,8 +40,9 @@ STATE_RANK = {
     "succeeded": 3,
     "dead": 3,
     "cancelled": 3,
+    "skipped": 3,  # a chain step whose condition did not hold: never ran
 }
-FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
+FINAL_STATES = frozenset({"succeeded", "dead", "cancelled", "skipped"})
 _CANCELLED_ORDER = 1_000_000_000  # above any attempt's order: a cancelled job stays cancelled
 
 # Columns that describe the job itself: written by whoever records it first, never changed.
@@ -375,7 +376,7 @@ class JobStore:
         job_rows = [_job_row(c) for c in latest.values()]
         merged: dict[tuple[str, int], dict[str, Any]] = {}
         for change in changes:
-            if STATE_RANK[change.state] > 0:
+            if STATE_RANK[change.state] > 0 and change.state != "skipped":
                 merged.setdefault((change.job_id, change.attempt), {}).update(_attempt_row(change))
         attempt_rows = list(merged.values())
         tag_rows = [

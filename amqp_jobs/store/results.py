@@ -65,7 +65,8 @@ class JobResults:
         """Wait for a job to finish and return its output, typed by its return annotation.
 
         Raises :class:`JobFailed` (with the recorded error type and message) when the job
-        ended dead or cancelled, and ``TimeoutError`` when it has not finished in time.
+        ended dead or cancelled (a skipped chain step returns None), and ``TimeoutError``
+        when it has not finished in time.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -81,6 +82,8 @@ class JobResults:
             pause = min(pause * 2, 0.25)
 
     def _output(self, record: JobRecord) -> Any:
+        if record.state == "skipped":
+            return None  # a chain step whose condition did not hold has no output
         if record.state != "succeeded":
             raise JobFailed(record.id, record.state, record.error_type, record.error_message)
         definition = self._registry.get(record.job)

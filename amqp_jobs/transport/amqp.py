@@ -185,6 +185,7 @@ class AmqpDelivery(Delivery):
         "priority",
         "queue",
         "redelivered",
+        "routing_key",
         "type",
     )
 
@@ -201,6 +202,7 @@ class AmqpDelivery(Delivery):
         self.type = message.type
         self.content_type = message.content_type
         self.priority = message.priority
+        self.routing_key = message.routing_key
         self.redelivered = bool(message.redelivered)
         self.headers = message.headers or {}
         self._channel = message.channel

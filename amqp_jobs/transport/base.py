@@ -49,6 +49,7 @@ class Delivery(abc.ABC):
     priority: int | None
     redelivered: bool
     headers: Mapping[str, Any]
+    routing_key: str | None  # as published; events use it as their name
 
     @abc.abstractmethod
     def ack(self) -> None:
