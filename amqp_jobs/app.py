@@ -19,7 +19,7 @@ from yarl import URL
 from amqp_jobs import triggers
 from amqp_jobs.client import Client, EnqueueRequest, JobHandle
 from amqp_jobs.conditions import Condition, FieldMap
-from amqp_jobs.context import current_user
+from amqp_jobs.context import current_grant, current_user
 from amqp_jobs.errors import ConfigurationError, UnknownJobError, UnknownJobOptionError
 from amqp_jobs.events import Rule, emit, make_rule
 from amqp_jobs.jobs import (
@@ -33,6 +33,8 @@ from amqp_jobs.jobs import (
 from amqp_jobs.middleware import Middleware, MiddlewareStack
 from amqp_jobs.retries import Backoff, RetryPolicy
 from amqp_jobs.routes import Router, RoutingPolicy
+from amqp_jobs.security.guard import Security, SecurityMiddleware
+from amqp_jobs.security.users import UserContext
 from amqp_jobs.store import JobStore, StoreRecorder
 from amqp_jobs.store.results import JobResults
 from amqp_jobs.topology import DEFAULT_MAX_PRIORITY, DEFAULT_NAMESPACE, Topology
@@ -42,6 +44,9 @@ from amqp_jobs.transport.base import Transport
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1/"
 
 if TYPE_CHECKING:
+    from amqp_jobs.security.audit import AuditLog
+    from amqp_jobs.security.grants import Grants
+    from amqp_jobs.security.preferences import Preferences
     from amqp_jobs.worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,6 +62,7 @@ class JobApp:
     ``publisher``). ``namespace`` prefixes every exchange and queue name.
     ``routing`` is a routing policy; ``store`` a job store (or its SQLAlchemy URL,
     e.g. ``sqlite+aiosqlite:///./amqp_jobs.db``) that records every job and its result.
+    ``security`` signs, verifies, encrypts and audits (see :class:`Security`).
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class JobApp:
         transport: Transport | None = None,
         routing: RoutingPolicy | None = None,
         store: str | JobStore | None = None,
+        security: Security | None = None,
     ) -> None:
         self.url = url or os.environ.get("AMQP_URL", DEFAULT_URL)
         self.service_name = service
@@ -108,11 +115,20 @@ class JobApp:
             vhost_transport=vhost_transport,
         )
         self.store = JobStore(store) if isinstance(store, str) else store
-        if self.store is not None:
-            self.middleware.add(StoreRecorder(self.store))
+        recorder = StoreRecorder(self.store) if self.store is not None else None
+        if recorder is not None:
+            self.middleware.add(recorder)
         self.jobs = JobResults(self.store, self.registry)
         """Records, queries and results of jobs (needs ``store=``)."""
         self.client.results = self.jobs if self.store is not None else None
+        self.security = security
+        if security is not None:
+            security.bind(self)
+            self.middleware.add(SecurityMiddleware(security))
+            self.client.signer = security.sign_body
+            self.jobs.security = security
+            if recorder is not None:
+                recorder.seal = security.seal_value
 
     # --- defining jobs --------------------------------------------------------------
 
@@ -437,9 +453,39 @@ class JobApp:
         await self.connect()
         return await self.client.enqueue_many(jobs, window=window)
 
-    def acting_as(self, user: Mapping[str, Any]) -> ActingAs:
-        """Publish as ``user`` inside a ``with``/``async with`` block (when no ``user=``)."""
-        return ActingAs(dict(user))
+    def acting_as(self, user: Mapping[str, Any] | UserContext, *, grant: Any = None) -> ActingAs:
+        """Publish as ``user`` inside a ``with``/``async with`` block (when no ``user=``).
+
+        ``grant`` (an impersonation grant or its token, from ``app.grants.issue``) lets
+        the block act on the user's behalf; workers check it when each job starts.
+        """
+        wire = user.to_wire() if isinstance(user, UserContext) else dict(user)
+        return ActingAs(wire, getattr(grant, "token", grant))
+
+    @property
+    def grants(self) -> Grants:
+        """Impersonation grants: issue, check, list, revoke (needs security and a store)."""
+        if self.security is None or self.security.grants is None:
+            raise ConfigurationError(
+                "grants need JobApp(security=Security(signing_key=...), store=...)"
+            )
+        return self.security.grants
+
+    @property
+    def audit(self) -> AuditLog:
+        """The hash-chained audit log (needs security and a store)."""
+        if self.security is None or self.security.audit is None:
+            raise ConfigurationError("the audit log needs JobApp(security=Security(), store=...)")
+        return self.security.audit
+
+    @property
+    def preferences(self) -> Preferences[Any]:
+        """Per-user preferences (needs ``Security(preferences=Model)`` and a store)."""
+        if self.security is None or self.security.preferences is None:
+            raise ConfigurationError(
+                "preferences need JobApp(security=Security(preferences=Model), store=...)"
+            )
+        return self.security.preferences
 
     def queue(self, name: str) -> QueueClient:
         """The queue-first form: ``await app.queue("emails").add("email.send", data)``."""
@@ -465,16 +511,21 @@ def url_for_vhost(url: str, vhost: str) -> str:
 class ActingAs:
     """Sets the user that jobs published in the block belong to (see ``JobApp.acting_as``)."""
 
-    def __init__(self, user: dict[str, Any]) -> None:
+    def __init__(self, user: dict[str, Any], grant: str | None = None) -> None:
         self.user = user
-        self._tokens: list[contextvars.Token[dict[str, Any] | None]] = []
+        self.grant = grant
+        self._tokens: list[
+            tuple[contextvars.Token[dict[str, Any] | None], contextvars.Token[str | None]]
+        ] = []
 
     def __enter__(self) -> dict[str, Any]:
-        self._tokens.append(current_user.set(self.user))
+        self._tokens.append((current_user.set(self.user), current_grant.set(self.grant)))
         return self.user
 
     def __exit__(self, *exc_info: object) -> None:
-        current_user.reset(self._tokens.pop())
+        user_token, grant_token = self._tokens.pop()
+        current_user.reset(user_token)
+        current_grant.reset(grant_token)
 
     async def __aenter__(self) -> dict[str, Any]:
         return self.__enter__()

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pydantic
 
-from amqp_jobs.context import current_user
+from amqp_jobs.context import current_grant, current_user
 from amqp_jobs.envelope import CONTENT_TYPE, ChainStep, Envelope, GroupMember, encode
 from amqp_jobs.errors import ConfigurationError, PublishError
 from amqp_jobs.jobs import ANY_ADAPTER, DEFAULT_IDEMPOTENCY_WINDOW, JobDefinition
 from amqp_jobs.middleware import MiddlewareStack
+from amqp_jobs.security.users import UserContext
 from amqp_jobs.topology import Declaration, Topology
 from amqp_jobs.transport.base import OutgoingMessage, Publication, Transport
 
@@ -142,6 +143,7 @@ class Client:
         # What was declared, per virtual host (None: the connection's own).
         self._ready: dict[str | None, set[str]] = {}
         self._declarations: dict[str, tuple[Declaration, ...]] = {}  # per queue, made once
+        self.signer: Callable[[Envelope], bytes | None] | None = None  # set by Security
 
     @property
     def ready_queues(self) -> set[str]:
@@ -232,15 +234,18 @@ class Client:
         labels: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         parent_id: str | None = None,
-        user: Mapping[str, Any] | None = None,
+        user: Mapping[str, Any] | UserContext | None = None,
         expires: float | timedelta | None = None,
         idempotency_key: str | None = None,
         chain: Sequence[ChainStep] = (),
         group: GroupMember | None = None,
+        grant: Any = None,
     ) -> PreparedJob:
         """Validate, route and build one job, without publishing it.
 
-        ``user`` defaults to the user of the running job (or of ``acting_as``).
+        ``user`` (a mapping or a :class:`UserContext`) defaults to the user of the running
+        job (or of ``acting_as``); ``grant`` is an impersonation grant (or its token) that
+        lets the publisher act for that user.
         """
         definition = self.registry.get(job)
         if definition is not None:
@@ -253,6 +258,10 @@ class Client:
         vhost = None
         if user is None:
             user = current_user.get()
+        elif isinstance(user, UserContext):
+            user = user.to_wire()
+        if grant is None:
+            grant = current_grant.get()
         if self.router is not None:
             route = self.router.resolve(job, queue, user, labels)
             queue = route.queue
@@ -283,6 +292,7 @@ class Client:
             idempotency_key=idempotency_key,
             labels=dict(labels or {}),
             user=dict(user) if user is not None else None,
+            grant=getattr(grant, "token", grant),
             chain=tuple(chain),
             group=group,
             **extra,
@@ -290,6 +300,14 @@ class Client:
         for hook in self.middleware.hooks("before_publish"):
             envelope = await hook(envelope)
         return PreparedJob(envelope, exchange, routing_key, declarations, tenant_queue, vhost)
+
+    def encode(self, envelope: Envelope) -> bytes:
+        """The message body of ``envelope``: signed when the app has a signing key."""
+        if self.signer is not None:
+            signed = self.signer(envelope)
+            if signed is not None:
+                return signed
+        return encode(envelope)
 
     def publication(
         self,
@@ -301,7 +319,7 @@ class Client:
         """Where an envelope goes: into the delay levels, to ``exchange``, or to its queue."""
         amqp_queue = self.topology.queue_name(envelope.queue)
         message = OutgoingMessage(
-            body=encode(envelope),
+            body=self.encode(envelope),
             message_id=envelope.id,
             type=envelope.job,
             content_type=CONTENT_TYPE,

@@ -6,10 +6,14 @@ import logging
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from amqp_jobs.security.users import UserContext
+
 if TYPE_CHECKING:
     from amqp_jobs.client import Client, JobHandle
     from amqp_jobs.envelope import Envelope
     from amqp_jobs.jobs import JobDefinition
+    from amqp_jobs.security.guard import Security
+    from amqp_jobs.security.storage import ScopedStorage
     from amqp_jobs.store.progress import ProgressReporter
 
 log = logging.getLogger("amqp_jobs.job")
@@ -17,6 +21,10 @@ log = logging.getLogger("amqp_jobs.job")
 current_user: ContextVar[dict[str, Any] | None] = ContextVar("amqp_jobs_user", default=None)
 """The user jobs are published for when ``enqueue`` gets no ``user=``: set while a job
 runs (so the jobs it enqueues inherit its user) and by ``JobApp.acting_as``."""
+
+current_grant: ContextVar[str | None] = ContextVar("amqp_jobs_grant", default=None)
+"""The impersonation grant token jobs are published with when ``enqueue`` gets no
+``grant=``: set by ``JobApp.acting_as(user, grant=...)`` and while a job that carries one runs."""
 
 
 class JobContext:
@@ -31,8 +39,11 @@ class JobContext:
         "_cancel_requested",
         "_client",
         "_progress",
+        "_security",
+        "_user",
         "definition",
         "envelope",
+        "preferences",
         "resources",
         "worker_id",
     )
@@ -46,6 +57,7 @@ class JobContext:
         resources: dict[str, Any],
         worker_id: str,
         progress: ProgressReporter | None = None,
+        security: Security | None = None,
     ) -> None:
         self.envelope = envelope
         self.definition = definition
@@ -53,7 +65,12 @@ class JobContext:
         self.worker_id = worker_id
         self._client = client
         self._progress = progress
+        self._security = security
         self._cancel_requested = False
+        self._user: UserContext | bool | None = False  # False: not read yet
+        self.preferences: Any = None
+        """The user's preferences (the app's ``Security(preferences=Model)``), loaded
+        before the job starts; None when the app keeps none or the job has no user."""
 
     @property
     def job_id(self) -> str:
@@ -81,9 +98,29 @@ class JobContext:
         return self.envelope.attempt >= self.definition.retry.max_attempts
 
     @property
-    def user(self) -> dict[str, Any] | None:
-        """The user the job runs for, as it travelled in the envelope."""
-        return self.envelope.user
+    def user(self) -> UserContext | None:
+        """The user the job runs for, as the (signed) envelope carries it."""
+        if self._user is False:
+            self._user = UserContext.from_wire(self.envelope.user)
+        return self._user  # type: ignore[return-value]
+
+    @property
+    def storage(self) -> ScopedStorage:
+        """Artifacts of this job's user (``put``/``get``/``list``/``delete``), encrypted
+        with the user's key; needs ``Security(storage_root=...)`` and a job with a user."""
+        from amqp_jobs.errors import ConfigurationError
+
+        storage = self._security.storage if self._security is not None else None
+        if storage is None:
+            raise ConfigurationError(
+                "ctx.storage needs JobApp(security=Security(storage_root=...), store=...)"
+            )
+        user = self.user
+        if user is None or user.anonymous:
+            raise ConfigurationError(
+                f"job {self.job_name!r} has no user, so it has no user storage"
+            )
+        return storage.for_user(user)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -113,12 +150,21 @@ class JobContext:
         it ends), so reporting in a tight loop costs nothing. Without a job store there is
         nowhere to keep them and they are dropped.
         """
-        if self._progress is not None:
-            await self._progress.report(self.job_id, percent, message, data)
+        if self._progress is None:
+            return
+        if self._security is not None and self.envelope.sealed is not None:
+            # A sealed job's progress is sealed too: message and data may name user data.
+            sealed = await self._security.seal_value(
+                self.envelope, "progress", {"message": message, "data": data}
+            )
+            await self._progress.report(self.job_id, percent, None, sealed)
+            return
+        await self._progress.report(self.job_id, percent, message, data)
 
     async def enqueue(self, job: str, data: Any = None, **options: Any) -> JobHandle:
         """Publish a follow-up job that inherits this job's correlation id and user."""
         options.setdefault("correlation_id", self.envelope.correlation_id or self.job_id)
         options.setdefault("parent_id", self.job_id)
         options.setdefault("user", self.envelope.user)
+        options.setdefault("grant", self.envelope.grant)
         return await self._client.enqueue(job, data, **options)

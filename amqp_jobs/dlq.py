@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from amqp_jobs.envelope import CONTENT_TYPE, decode, encode
+from amqp_jobs.envelope import CONTENT_TYPE, decode
 from amqp_jobs.errors import EnvelopeError
 from amqp_jobs.events import EVENT_ROUTING_KEY_HEADER
 from amqp_jobs.transport.base import Delivery, OutgoingMessage
@@ -125,11 +126,23 @@ class DeadLetters:
     async def _send_back(self, delivery: Delivery) -> None:
         dead = describe(delivery)
         body = delivery.body
-        try:
+        envelope = None
+        with contextlib.suppress(EnvelopeError):  # not an envelope: requeued unchanged
             envelope = decode(body, max_bytes=None)
-            body = encode(envelope.model_copy(update={"attempt": 1, "enqueued_at": time.time()}))
-        except EnvelopeError:
-            pass
+        if envelope is not None:
+            envelope = envelope.model_copy(update={"attempt": 1, "enqueued_at": time.time()})
+            body = self.app.client.encode(envelope)  # re-signed by this app's key, if any
+            if self.app.security is not None and self.app.security.audit is not None:
+                user = envelope.user or {}
+                await self.app.security.audit.record(
+                    "requeue",
+                    actor=self.app.service_name,
+                    user_id=None if user.get("user_id") is None else str(user["user_id"]),
+                    tenant=None if user.get("tenant") is None else str(user["tenant"]),
+                    job_id=envelope.id,
+                    job=envelope.job,
+                    outcome="requeued",
+                )
         # An event a rule failed on goes back to the rule's queue, its name kept aside
         # (published directly to the queue, its routing key is the queue's name).
         kept = {k: v for k, v in delivery.headers.items() if k == EVENT_ROUTING_KEY_HEADER}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqp_jobs import triggers
 from amqp_jobs.conditions import holds
-from amqp_jobs.context import JobContext, current_user
+from amqp_jobs.context import JobContext, current_grant, current_user
 from amqp_jobs.envelope import CONTENT_TYPE, MAX_BODY_BYTES, ChainStep, Envelope, decode
 from amqp_jobs.errors import (
     ConfigurationError,
@@ -37,6 +37,8 @@ from amqp_jobs.errors import (
 )
 from amqp_jobs.errors import ValidationError as JobValidationError
 from amqp_jobs.jobs import JobDefinition
+from amqp_jobs.security.errors import SecurityError
+from amqp_jobs.security.grants import GrantError
 from amqp_jobs.store.database import StateChange
 from amqp_jobs.store.progress import ProgressReporter
 from amqp_jobs.transport.base import Delivery, OutgoingMessage, Subscription
@@ -124,6 +126,8 @@ class Worker:
         self._cancelled: dict[str, None] = {}  # ids whose cancellation was requested
         self._cancel_watch: asyncio.Task[None] | None = None
         self.rule_listener: RuleListener | None = None
+        security = app.security
+        self._preferences = security.preferences if security is not None else None
         self.cancel_poll_interval = 0.5
         self.cancel_lookback = 86_400.0
 
@@ -339,18 +343,32 @@ class Worker:
             if task is not None:
                 self._in_flight.discard(task)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _envelope_of(self, delivery: Delivery) -> Envelope | None:
+        """The delivery's envelope, or None once a bad one has been dead-lettered."""
         if delivery.content_type != CONTENT_TYPE:
             await self._dead_letter(
                 delivery,
                 f"wrong content type {delivery.content_type!r}; expected {CONTENT_TYPE!r}",
             )
-            return
+            return None
         try:
             envelope = decode(delivery.body, max_bytes=self.max_body_bytes)
         except EnvelopeError as exc:
             await self._dead_letter(delivery, str(exc))
+            return None
+        if self.app.security is not None:
+            try:
+                self.app.security.verify(envelope)  # only a trusted, intact envelope counts
+            except SecurityError as exc:
+                await self._refuse(delivery, envelope, exc)
+                return None
+        return envelope
+
+    async def _process(self, delivery: Delivery) -> None:
+        envelope = await self._envelope_of(delivery)
+        if envelope is None:
             return
+        security = self.app.security
         definition = self.app.registry.get(envelope.job)
         if definition is None:
             await self._dead_letter(
@@ -368,8 +386,15 @@ class Worker:
         if envelope.expires_at is not None and time.time() > envelope.expires_at:
             await self._dead_letter(delivery, "expired before it could start", envelope)
             return
+        payload = envelope.data
+        if security is not None:
+            try:
+                payload = await security.admit(envelope, definition)
+            except (SecurityError, GrantError) as exc:
+                await self._refuse(delivery, envelope, exc)
+                return
         try:
-            data = definition.validate_input(envelope.data)
+            data = definition.validate_input(payload)
         except JobValidationError as exc:
             await self._dead_letter(delivery, str(exc), envelope, error_type="ValidationError")
             return
@@ -383,6 +408,14 @@ class Worker:
             self.stats.duplicates += 1
             return
         await self._run(delivery, envelope, definition, data)
+
+    async def _refuse(self, delivery: Delivery, envelope: Envelope, error: Exception) -> None:
+        """Dead-letter a job the security checks refused: never retried, always audited."""
+        reason = f"refused: {error}"
+        error_type = type(error).__name__
+        assert self.app.security is not None
+        await self.app.security.refused(envelope, reason, error_type)
+        await self._dead_letter(delivery, reason, envelope, error_type=error_type, refused=True)
 
     async def _claim_run(self, envelope: Envelope, definition: JobDefinition) -> bool:
         store = self.app.store
@@ -408,10 +441,13 @@ class Worker:
         result: Any = None
         error: BaseException | None = None
         user_token = current_user.set(envelope.user)  # jobs this job enqueues inherit it
+        grant_token = current_grant.set(envelope.grant)
         task = asyncio.current_task()
         if task is not None:
             self._running[envelope.id] = (ctx, task)
         try:
+            if self._preferences is not None and ctx.user is not None and ctx.user.user_id:
+                ctx.preferences = await self._preferences.get(ctx.user.user_id, ctx.user.tenant)
             for before in self.app.middleware.hooks("before_process"):
                 await before(ctx)
             result = definition.validate_output(await self._call(definition, ctx, data))
@@ -430,6 +466,7 @@ class Worker:
             error = exc
         finally:
             current_user.reset(user_token)
+            current_grant.reset(grant_token)
             self._running.pop(envelope.id, None)
             if self._progress is not None:
                 await self._progress.finish(envelope.id)
@@ -451,6 +488,7 @@ class Worker:
             resources=self._resources,
             worker_id=self.worker_id,
             progress=self._progress,
+            security=self.app.security,
         )
 
     async def _call(self, definition: JobDefinition, ctx: JobContext, data: Any) -> Any:
@@ -688,6 +726,7 @@ class Worker:
         *,
         error_type: str | None = None,
         extra_headers: Mapping[str, Any] | None = None,
+        refused: bool = False,
     ) -> None:
         """Publish the original body to the dead-letter queue with the reason, then ack.
 
@@ -695,7 +734,7 @@ class Worker:
         dead-letters it through the queue's DLX (the reason is then only in the log).
         """
         log.warning("dead-lettering message %s: %s", delivery.message_id, reason)
-        if envelope is not None and error_type is not None:
+        if envelope is not None and error_type is not None and not refused:
             definition = self.app.registry.get(envelope.job)
             if definition is not None and definition.on_failure:
                 await triggers.dispatch_failure(self.app, envelope, definition, reason, error_type)

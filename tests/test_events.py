@@ -75,7 +75,7 @@ async def test_a_rule_dispatches_only_when_its_condition_holds(
     assert pro == ["ann", "eve"]
     assert crm == ["ann", "cat", "eve"]
     ann = next(s for s in seen if s["job"] == "pro" and s["user_id"] == "ann")
-    assert ann["user"]["user_id"] == "ann" and ann["user"]["tenant"] == "acme"
+    assert ann["user"].user_id == "ann" and ann["user"].tenant == "acme"
     assert next(s["event"] for s in seen if s["job"] == "crm") == {
         "event": "user.signed_up",
         "rule": "crm-for-paid",

@@ -204,3 +204,15 @@ async def test_several_workers_share_one_sqlite_file_without_lock_errors(
     assert sorted(results) == list(range(400))
     page = await apps[1].jobs.query(state="succeeded", limit=1000)
     assert len(page.jobs) == 400
+
+
+async def test_stores_opening_a_fresh_database_at_once_migrate_it_once(
+    make_store: Callable[[], JobStore],
+) -> None:
+    # Given four processes' stores on one empty database, when they all open at once
+    stores = [make_store() for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+
+    # Then none failed, and the schema is complete for each
+    for store in stores:
+        assert await store.get("missing") is None

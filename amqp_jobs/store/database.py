@@ -279,12 +279,21 @@ class JobStore:
             engine = create_async_engine(self.url, **self._engine_options)
             if self.dialect == "sqlite":
                 self._configure_sqlite(engine)
-            try:
-                async with engine.begin() as connection:
-                    await connection.run_sync(migrate)
-            except Exception as exc:
-                await engine.dispose()
-                raise StoreError(f"cannot open the job store at {self._safe_url()}: {exc}") from exc
+            for attempt in range(5):
+                try:
+                    async with engine.begin() as connection:
+                        await connection.run_sync(migrate)
+                    break
+                except Exception as exc:
+                    # SQLite has no advisory lock: a process that lost the race to create
+                    # the schema finds it made by the winner when it tries again.
+                    if attempt < 4 and self.dialect == "sqlite":
+                        await asyncio.sleep(0.05 * (attempt + 1))
+                        continue
+                    await engine.dispose()
+                    raise StoreError(
+                        f"cannot open the job store at {self._safe_url()}: {exc}"
+                    ) from exc
             self._engine = engine
 
     def _configure_sqlite(self, engine: AsyncEngine) -> None:

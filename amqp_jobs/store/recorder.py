@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from amqp_jobs.errors import StoreError
@@ -69,6 +70,8 @@ class StoreRecorder(Middleware):
         self.running_after = running_after
         self._background: set[asyncio.Task[None]] = set()
         self._starts: dict[str, tuple[StateChange, asyncio.TimerHandle]] = {}
+        # Set by the security layer: seals the output of a sealed job for its user.
+        self.seal: Callable[[Envelope, str, Any], Awaitable[Any]] | None = None
 
     async def after_worker_start(self, worker: Worker) -> None:
         await self.store.open()
@@ -119,6 +122,8 @@ class StoreRecorder(Middleware):
     ) -> None:
         if error is None:
             output = ctx.definition.dump_output(result)
+            if self.seal is not None:
+                output = await self.seal(ctx.envelope, "result", output)
             await self.store.record(self._outcome(ctx.envelope, "succeeded", result=output))
 
     async def on_retry(self, ctx: JobContext, error: BaseException, delay: float) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amqp_jobs.errors import ConfigurationError, JobFailed
 from amqp_jobs.jobs import JobDefinition
 from amqp_jobs.store.database import AttemptRecord, JobRecord, JobStore, Page, Progress
+
+if TYPE_CHECKING:
+    from amqp_jobs.security.guard import Security
 
 
 class JobResults:
@@ -17,6 +21,7 @@ class JobResults:
     def __init__(self, store: JobStore | None, registry: Mapping[str, JobDefinition]) -> None:
         self._store = store
         self._registry = registry
+        self.security: Security | None = None  # opens sealed outputs and progress
 
     @property
     def store(self) -> JobStore:
@@ -42,13 +47,21 @@ class JobResults:
 
     async def progress(self, job_id: str) -> Progress | None:
         """The job's last progress report and state (None if the store has not seen it)."""
-        return await self.store.progress(job_id)
+        return await self._opened_progress(job_id, await self.store.progress(job_id))
+
+    async def _opened_progress(self, job_id: str, progress: Progress | None) -> Progress | None:
+        if progress is None or self.security is None or not progress.data:
+            return progress
+        record = await self.store.get(job_id)
+        if record is None:
+            return progress
+        return await self.security.open_progress(record, progress)
 
     async def watch(self, job_id: str, *, interval: float = 0.2) -> AsyncIterator[Progress]:
         """Yield the job's progress each time it changes, until the job has finished."""
         last: Progress | None = None
         while True:
-            current = await self.store.progress(job_id)
+            current = await self._opened_progress(job_id, await self.store.progress(job_id))
             if current is not None and current != last:
                 yield current
                 last = current
@@ -74,6 +87,9 @@ class JobResults:
         while True:
             record = await self.store.get(job_id)
             if record is not None and record.finished:
+                if self.security is not None and record.state == "succeeded":
+                    opened = await self.security.open_record(record)
+                    record = dataclasses.replace(record, result=opened)
                 return self._output(record)
             if loop.time() + pause > deadline:
                 state = record.state if record is not None else "not recorded"

@@ -133,6 +133,9 @@ MIGRATIONS: list[Callable[[sa.Connection], None]] = [_version_1, _version_2]
 def migrate(connection: sa.Connection) -> int:
     """Bring the schema to the latest version; return it. Safe to run concurrently-ish:
     each step runs in the caller's transaction."""
+    if connection.dialect.name == "postgresql":
+        # Processes opening a fresh database at once take turns (held to the commit).
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
     schema_version.create(connection, checkfirst=True)
     current = connection.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
     current = int(current or 0)

@@ -25,4 +25,4 @@ app = JobApp(
 async def record(ctx: JobContext, path: str) -> None:
     """Appends the user's tier to a file."""
     with open(path, "a") as out:
-        out.write(f"{(ctx.user or {}).get('tier')}\n")
+        out.write(f"{ctx.user.tier if ctx.user else None}\n")
