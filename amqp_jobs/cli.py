@@ -337,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _store_options(store)
     store.set_defaults(run=_store)
+
+    from amqp_jobs.security.cli import add_commands as add_security_commands
+
+    add_security_commands(commands)  # keys, grants, audit
     return parser
 
 
