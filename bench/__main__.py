@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import delay, drain, latency, publish, routed_drain, routing_scenario, store
+from bench import delay, drain, latency, publish, routed_drain, routing_scenario, schedule, store
 from bench.common import DEFAULT_URL, Metric, log
 
-SCENARIOS = ("drain", "publish", "latency", "delay", "routing", "routed", "store")
+SCENARIOS = ("drain", "publish", "latency", "delay", "routing", "routed", "store", "schedule")
 QUICK_MAX_DELAY = 10.0
 
 
@@ -60,6 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--store-rows", type=int, default=1_000_000, help="store: rows for the query test"
+    )
+    parser.add_argument(
+        "--schedule-seconds", type=float, default=30.0, help="schedule: counted seconds (30)"
     )
     parser.add_argument("--quick", action="store_true", help=f"cap delays at {QUICK_MAX_DELAY:g} s")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
@@ -107,6 +110,8 @@ async def run_scenario(name: str, args: argparse.Namespace) -> list[Metric]:
             concurrency=args.concurrency,
             rows=args.store_rows,
         )
+    if name == "schedule":
+        return await schedule.run(args.url, rounds=args.rounds, seconds=args.schedule_seconds)
     if name == "routed":
         return await routed_drain.run(
             args.url, jobs=args.jobs, rounds=args.rounds, concurrency=args.concurrency
