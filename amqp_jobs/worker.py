@@ -358,7 +358,8 @@ class Worker:
             return None
         if self.app.security is not None:
             try:
-                self.app.security.verify(envelope)  # only a trusted, intact envelope counts
+                # Only a trusted, intact envelope counts.
+                self.app.security.verify(envelope, delivery.body)
             except SecurityError as exc:
                 await self._refuse(delivery, envelope, exc)
                 return None

@@ -177,8 +177,12 @@ async def test_unsigned_forged_and_tampered_envelopes_are_refused(
     )
     assert unknown_id is not None
 
+    # A field appended after the signature (JSON's last duplicate key would win)
+    appended = good[:-1] + b',"data":{"account":"EVIL","secret_note":"x"}}'
+    assert decode(appended).data["account"] == "EVIL"
+
     async with running(app) as worker:
-        for body in (unsigned, forged_user, impostor, unknown_id):
+        for body in (unsigned, forged_user, impostor, unknown_id, appended):
             await publish_body(app, body)
         # Forged headers claim another user; only the signed envelope counts
         headers_forged = OutgoingMessage(
@@ -192,17 +196,17 @@ async def test_unsigned_forged_and_tampered_envelopes_are_refused(
         await app.transport.publish(
             headers_forged, "", app.topology.queue_name("default"), timeout=5
         )
-        reasons = await refusals(app, 4)
+        reasons = await refusals(app, 5)
         await wait_until(lambda: len(secured.ran) == 1)
-        assert worker.stats.dead == 4 and worker.stats.retried == 0
+        assert worker.stats.dead == 5 and worker.stats.retried == 0
 
     assert any("is not signed" in r for r in reasons)
-    assert sum("does not match the envelope" in r for r in reasons) == 2
+    assert sum("does not match the envelope" in r for r in reasons) == 3
     assert any("'mallory'" in r for r in reasons)
     assert all(r.startswith("refused:") for r in reasons)
     assert secured.ran[0]["user"].user_id == "ann"  # not bob, not root
     refused = [e for e in await app.audit.entries(action="refused", limit=10)]
-    assert len(refused) == 4
+    assert len(refused) == 5
 
 
 async def test_ciphertext_that_was_tampered_or_moved_does_not_decrypt(

@@ -209,17 +209,31 @@ class Security:
             return None
         unsigned = signing_bytes(envelope)
         value = self.signing_key.sign(unsigned)
-        suffix = json.dumps(
-            {"key_id": self.signing_key.key_id, "value": value}, separators=(",", ":")
-        )
-        return unsigned[:-1] + b',"signature":' + suffix.encode() + b"}"
+        return unsigned[:-1] + _signature_suffix(self.signing_key.key_id, value)
 
     # --- working ----------------------------------------------------------------------
 
-    def verify(self, envelope: Envelope) -> None:
-        """Refuse (:class:`SignatureError`) an envelope not signed by a trusted key."""
-        if self.keyring is not None:
-            verify_envelope(envelope, self.keyring)
+    def verify(self, envelope: Envelope, body: bytes | None = None) -> None:
+        """Refuse (:class:`SignatureError`) an envelope not signed by a trusted key.
+
+        With the received ``body``, a body laid out as :meth:`sign_body` writes it (the
+        signed bytes, then exactly the parsed signature and the closing brace) is checked
+        as it came, without serialising the envelope again; anything else is checked by
+        re-serialising the parsed envelope. Either way the bytes checked are the parsed
+        fields: nothing can follow the signature.
+        """
+        if self.keyring is None:
+            return
+        signature = envelope.signature
+        if body is not None and signature is not None:
+            suffix = _signature_suffix(signature.key_id, signature.value)
+            if body.endswith(suffix):
+                signed = body[: -len(suffix)] + b"}"
+                self.keyring.verify(
+                    signature.key_id, signed, signature.value, subject="envelope"
+                )
+                return
+        verify_envelope(envelope, self.keyring)
 
     async def admit(self, envelope: Envelope, definition: JobDefinition) -> Any:
         """Checks at the start of a job; returns its payload (opened if sealed).
@@ -373,6 +387,12 @@ class SecurityMiddleware(Middleware):
         app = self.security.app
         definition = app.registry.get(envelope.job) if app is not None else None
         return await self.security.seal_envelope(envelope, definition)
+
+
+def _signature_suffix(key_id: str, value: str) -> bytes:
+    """How a signed body ends: the signature field, then the envelope's closing brace."""
+    field = json.dumps({"key_id": key_id, "value": value}, separators=(",", ":"))
+    return b',"signature":' + field.encode() + b"}"
 
 
 def _owner(envelope: Envelope) -> tuple[str, str | None]:
