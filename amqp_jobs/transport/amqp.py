@@ -110,15 +110,22 @@ class _AckBatcher:
     run of settled delivery tags from the oldest unsettled one goes as a single
     ``basic.ack(multiple=True)``; settled tags behind a still-running job go singly,
     so a long job never holds back the prefetch window.
+
+    One sender at a time: aiormq's write queue is bounded and ``asyncio.Queue.put``
+    is not first-come first-served (a new put takes a freed slot before a woken
+    waiter does), so two concurrent senders could put a later batch's
+    ``multiple=True`` ack ahead of an earlier batch's ack of a tag it covers, and
+    the broker closes the channel on that "unknown delivery tag". Acks requested
+    while the sender waits for room are taken by the sender itself, in order.
     """
 
-    __slots__ = ("_channel", "_flush_scheduled", "_sending", "_unsettled")
+    __slots__ = ("_channel", "_flush_scheduled", "_sender", "_unsettled")
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self._channel = channel
         self._unsettled: dict[int, bool] = {}  # delivery tag -> acked, in delivery order
         self._flush_scheduled = False
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sender: asyncio.Task[None] | None = None
 
     def delivered(self, tag: int) -> None:
         self._unsettled[tag] = False
@@ -128,16 +135,32 @@ class _AckBatcher:
 
     def ack(self, tag: int) -> None:
         self._unsettled[tag] = True
-        if not self._flush_scheduled:
+        if self._sender is None and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    async def drain(self, timeout: float) -> None:
+        """Send the acks requested so far, waiting up to ``timeout`` seconds for them
+        to be handed to the connection (call it before closing the channel)."""
+        if self._sender is None:
+            self._flush()
+        if self._sender is not None:
+            await asyncio.wait({self._sender}, timeout=timeout)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._sender is not None:
+            return  # the running sender takes these acks when its frames are out
+        batch = self._take()
+        if batch is not None:
+            self._sender = asyncio.ensure_future(self._send(*batch))
+
+    def _take(self) -> tuple[int | None, list[int]] | None:
+        """Remove the acked tags: the highest of the acked prefix and the acked rest."""
         if self._channel.is_closed:
             # The broker requeues everything unacked on a closed channel.
             self._unsettled.clear()
-            return
+            return None
         multiple_up_to: int | None = None
         singles: list[int] = []
         in_prefix = True
@@ -148,6 +171,8 @@ class _AckBatcher:
                 multiple_up_to = tag
             else:
                 singles.append(tag)
+        if multiple_up_to is None and not singles:
+            return None
         if multiple_up_to is not None:
             for tag in list(self._unsettled):
                 if tag > multiple_up_to:
@@ -155,19 +180,23 @@ class _AckBatcher:
                 del self._unsettled[tag]
         for tag in singles:
             del self._unsettled[tag]
-        sending = asyncio.ensure_future(self._send(multiple_up_to, singles))
-        self._sending.add(sending)
-        sending.add_done_callback(self._sending.discard)
+        return multiple_up_to, singles
 
     async def _send(self, multiple_up_to: int | None, singles: list[int]) -> None:
+        batch: tuple[int | None, list[int]] | None = (multiple_up_to, singles)
         try:
-            if multiple_up_to is not None:
-                await self._channel.basic_ack(multiple_up_to, multiple=True, wait=False)
-            for tag in singles:
-                await self._channel.basic_ack(tag, wait=False)
+            while batch is not None:
+                multiple_up_to, singles = batch
+                if multiple_up_to is not None:
+                    await self._channel.basic_ack(multiple_up_to, multiple=True, wait=False)
+                for tag in singles:
+                    await self._channel.basic_ack(tag, wait=False)
+                batch = self._take()  # acks requested while this batch waited for room
         except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
             # Unacked messages are redelivered by the broker; the worker counts that.
             log.warning("could not send acks (%s); the broker will redeliver them", exc)
+        finally:
+            self._sender = None
 
 
 class AmqpDelivery(Delivery):
@@ -227,23 +256,32 @@ class AmqpDelivery(Delivery):
         await self._settle(self._channel.basic_reject(self._tag, requeue=True))
 
     async def _settle(self, frame_sent: Any) -> None:
-        try:
-            with translate_errors("settling a message"):
-                await frame_sent
-        finally:
-            if self._batcher is not None:
-                self._batcher.forget(self._tag)
+        with translate_errors("settling a message"):
+            await frame_sent
+        # Forgotten only once the reject is out: a tag whose reject never left stays
+        # unsettled, so no later multiple ack can ack it (the broker requeues it when
+        # the channel closes).
+        if self._batcher is not None:
+            self._batcher.forget(self._tag)
 
 
 class AmqpSubscription(Subscription):
     """A consumer on its own robust channel (so each queue has its own prefetch)."""
 
+    #: Seconds :meth:`close` waits for the acks already requested to go out.
+    ACK_DRAIN_TIMEOUT = 5.0
+
     def __init__(
-        self, channel: AbstractRobustChannel, queue: aio_pika.abc.AbstractQueue, tag: str
+        self,
+        channel: AbstractRobustChannel,
+        queue: aio_pika.abc.AbstractQueue,
+        tag: str,
+        batchers: Mapping[int, _AckBatcher] | None = None,
     ) -> None:
         self._channel = channel
         self._queue = queue
         self._tag: str | None = tag
+        self._batchers = batchers if batchers is not None else {}
 
     async def cancel(self) -> None:
         if self._tag is not None:
@@ -253,6 +291,10 @@ class AmqpSubscription(Subscription):
 
     async def close(self) -> None:
         await self.cancel()
+        # Acks not yet handed to the connection would be lost with the channel and the
+        # broker would deliver those jobs again.
+        for batcher in list(self._batchers.values()):
+            await batcher.drain(self.ACK_DRAIN_TIMEOUT)
         with contextlib.suppress(Exception):
             await self._channel.close()
 
@@ -521,7 +563,7 @@ class AmqpTransport(Transport):
             tag = await amqp_queue.consume(
                 on_message, arguments=dict(arguments) if arguments else None
             )
-        return AmqpSubscription(channel, amqp_queue, tag)
+        return AmqpSubscription(channel, amqp_queue, tag, batchers)
 
     @contextlib.asynccontextmanager
     async def reader(self, queue: str) -> AsyncIterator[QueueReader]:
