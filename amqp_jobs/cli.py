@@ -341,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     from amqp_jobs.security.cli import add_commands as add_security_commands
 
     add_security_commands(commands)  # keys, grants, audit
+
+    from amqp_jobs.scheduling.cli import add_commands as add_scheduling_commands
+
+    add_scheduling_commands(commands)  # scheduler, schedules
     return parser
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import pytest
 
 from amqp_jobs import JobApp
+from amqp_jobs.scheduling.scheduler import leader_queue
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -91,6 +92,7 @@ async def make_app(amqp_url: str, namespace: str) -> AsyncIterator[Callable[...,
         if app.router is not None:
             declarations += app.router.static_declarations()
         declarations += [app.topology.rule_queue_declaration(rule.name) for rule in app.rules]
+    declarations.append(leader_queue(cleaner.topology))  # a scheduler's, if one ran
     for app in apps:
         with contextlib.suppress(Exception):
             await app.close()
