@@ -21,10 +21,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import delay, drain, latency, publish, routed_drain, routing_scenario, schedule, store
+from bench import (
+    delay,
+    drain,
+    latency,
+    publish,
+    routed_drain,
+    routing_scenario,
+    schedule,
+    secure_drain,
+    store,
+)
 from bench.common import DEFAULT_URL, Metric, log
 
-SCENARIOS = ("drain", "publish", "latency", "delay", "routing", "routed", "store", "schedule")
+SCENARIOS = (
+    "drain",
+    "publish",
+    "latency",
+    "delay",
+    "routing",
+    "routed",
+    "store",
+    "schedule",
+    "secure",
+)
 QUICK_MAX_DELAY = 10.0
 
 
@@ -112,6 +132,10 @@ async def run_scenario(name: str, args: argparse.Namespace) -> list[Metric]:
         )
     if name == "schedule":
         return await schedule.run(args.url, rounds=args.rounds, seconds=args.schedule_seconds)
+    if name == "secure":
+        return await secure_drain.run(
+            args.url, jobs=args.jobs, rounds=args.rounds, concurrency=args.concurrency
+        )
     if name == "routed":
         return await routed_drain.run(
             args.url, jobs=args.jobs, rounds=args.rounds, concurrency=args.concurrency

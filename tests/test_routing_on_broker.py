@@ -58,7 +58,8 @@ def dedicated_queue_policy(**tenant_queue: Any) -> Policy:
 def register_recorder(app: JobApp, seen: list[dict[str, Any]]) -> Any:
     @app.job(name="work.record")
     async def record(ctx: JobContext, n: int, sleep: float = 0.0) -> None:
-        seen.append({"n": n, **(ctx.envelope.user or {}), "latency": time.time() - ctx.envelope.enqueued_at})
+        latency = time.time() - ctx.envelope.enqueued_at
+        seen.append({"n": n, **(ctx.envelope.user or {}), "latency": latency})
         if sleep:
             await asyncio.sleep(sleep)
 

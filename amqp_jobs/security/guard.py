@@ -229,9 +229,7 @@ class Security:
             suffix = _signature_suffix(signature.key_id, signature.value)
             if body.endswith(suffix):
                 signed = body[: -len(suffix)] + b"}"
-                self.keyring.verify(
-                    signature.key_id, signed, signature.value, subject="envelope"
-                )
+                self.keyring.verify(signature.key_id, signed, signature.value, subject="envelope")
                 return
         verify_envelope(envelope, self.keyring)
 
