@@ -214,7 +214,7 @@ class AuditLog:
     async def _append(self, batch: list[Any]) -> None:
         pending: list[_Pending] = batch
         engine = await self.store.engine()
-        async with engine.begin() as connection:
+        async with self.store.writing(), engine.begin() as connection:
             seq, prev_hash = await self._lock_head(connection)
             rows: list[dict[str, Any]] = []
             for item in pending:

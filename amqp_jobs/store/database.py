@@ -10,6 +10,7 @@ carries an order (``attempt * 10 + rank of the state``) and a row only moves for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -260,6 +261,7 @@ class JobStore:
         self._writer = GroupCommit(self._write, max_batch=max_batch, max_delay=max_delay)
         self._statements: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._open_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
 
     @property
     def dialect(self) -> str:
@@ -315,6 +317,14 @@ class JobStore:
         (schedules, keys, grants, audit, preferences) that keep their own tables."""
         await self.open()
         return self._require()
+
+    def writing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold while a write transaction runs: on SQLite, writers of this process (job
+        records, the audit log) take turns here instead of in SQLite's busy handler,
+        which polls with sleeps of up to 100 ms. PostgreSQL needs no turns."""
+        if self.dialect == "sqlite":
+            return self._write_lock
+        return contextlib.nullcontext()
 
     def insert(self) -> Any:
         """The dialect's ``insert`` construct (with ``on_conflict_do_*``)."""
@@ -394,7 +404,7 @@ class JobStore:
             if c.state in ("queued", "scheduled") and c.labels
             for k, v in c.labels.items()
         ]
-        async with self._require().begin() as connection:
+        async with self.writing(), self._require().begin() as connection:
             # executemany of one cached single-row statement per column set: SQLAlchemy
             # batches the rows ("insertmanyvalues") without compiling a statement per batch.
             for rows in _same_keys(job_rows):
