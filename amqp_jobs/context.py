@@ -152,14 +152,17 @@ class JobContext:
         """
         if self._progress is None:
             return
+        from amqp_jobs.store.recorder import change_of
+
+        identity = change_of(self.envelope, "running", worker=self.worker_id)
         if self._security is not None and self.envelope.sealed is not None:
             # A sealed job's progress is sealed too: message and data may name user data.
             sealed = await self._security.seal_value(
                 self.envelope, "progress", {"message": message, "data": data}
             )
-            await self._progress.report(self.job_id, percent, None, sealed)
+            await self._progress.report(self.job_id, percent, None, sealed, identity)
             return
-        await self._progress.report(self.job_id, percent, message, data)
+        await self._progress.report(self.job_id, percent, message, data, identity)
 
     async def enqueue(self, job: str, data: Any = None, **options: Any) -> JobHandle:
         """Publish a follow-up job that inherits this job's correlation id and user."""

@@ -18,7 +18,9 @@ Entries never hold payloads: only ids, names, outcomes and small details.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -484,13 +486,29 @@ class AuditRecorder(Middleware):
     record the error type only.
 
     Worker entries are committed before the message is settled (the worker calls these
-    hooks before it acks), so a job never runs or ends unaudited: if the log cannot be
-    written the hook raises and the message is not acknowledged. An enqueue is already
-    on the broker when ``after_publish`` runs, so a failure there is logged instead.
+    hooks before it acks), so a job never ends unaudited: if the log cannot be written
+    the hook raises and the message is not acknowledged. The "start" entry is written
+    while the job runs (the group commit keeps it ahead of the outcome's entry), and the
+    outcome hooks wait for it first, so a start that could not be written also keeps the
+    message unacknowledged. An enqueue is already on the broker when ``after_publish``
+    runs, so a failure there is logged instead.
     """
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
+        self._starts: dict[str, asyncio.Task[None]] = {}
+
+    async def _started(self, job_id: str) -> None:
+        """Wait for the job's "start" entry; raise if it could not be written."""
+        start = self._starts.pop(job_id, None)
+        if start is not None:
+            await start
+
+    def _forget_written(self, job_id: str, start: asyncio.Task[None]) -> None:
+        # A written start needs no waiting; a failed one stays to fail the outcome hook.
+        written = not start.cancelled() and start.exception() is None
+        if written and self._starts.get(job_id) is start:
+            del self._starts[job_id]
 
     async def after_publish(self, envelope: Envelope) -> None:
         delayed = envelope.not_before is not None and envelope.not_before > time.time()
@@ -500,11 +518,16 @@ class AuditRecorder(Middleware):
             log.error("job %s is queued but its enqueue was not audited: %s", envelope.id, exc)
 
     async def before_process(self, ctx: JobContext) -> None:
-        await self._record("start", ctx.envelope, outcome="running", worker=ctx.worker_id)
+        start = asyncio.get_running_loop().create_task(
+            self._record("start", ctx.envelope, outcome="running", worker=ctx.worker_id)
+        )
+        self._starts[ctx.job_id] = start
+        start.add_done_callback(functools.partial(self._forget_written, ctx.job_id))
 
     async def after_process(
         self, ctx: JobContext, result: Any, error: BaseException | None
     ) -> None:
+        await self._started(ctx.job_id)
         if error is None:
             await self._record("finish", ctx.envelope, outcome="succeeded")
         else:
@@ -531,6 +554,7 @@ class AuditRecorder(Middleware):
         )
 
     async def on_cancelled(self, envelope: Envelope) -> None:
+        await self._started(envelope.id)
         await self._record("cancel", envelope, outcome="cancelled")
 
     async def _record(

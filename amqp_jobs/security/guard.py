@@ -36,6 +36,7 @@ from amqp_jobs.security.errors import DecryptionError, SecurityError
 from amqp_jobs.security.keys import KeyProvider, MasterKey, UserKeys
 from amqp_jobs.security.signing import Keyring, PublicKey, SigningKey, verify_envelope
 from amqp_jobs.security.users import UserContext
+from amqp_jobs.store.database import FINAL_STATES
 
 if TYPE_CHECKING:
     from amqp_jobs.app import JobApp
@@ -239,12 +240,14 @@ class Security:
         Raises :class:`SecurityError` or ``GrantError`` with the reason for a refusal.
         """
         if self.replay_protection and self.app is not None and self.app.store is not None:
-            record = await self.app.store.get(envelope.id)
+            outcome = await self.app.store.outcome(envelope.id)
             # A job requeued from the dead-letter queue is re-stamped: newer than its end.
-            if record is not None and record.finished and envelope.enqueued_at <= record.updated_at:
-                raise ReplayError(
-                    f"job {envelope.id} already ended {record.state}; this envelope is a replay"
-                )
+            if outcome is not None and outcome[0] in FINAL_STATES:
+                state, ended_at = outcome
+                if envelope.enqueued_at <= ended_at:
+                    raise ReplayError(
+                        f"job {envelope.id} already ended {state}; this envelope is a replay"
+                    )
         if envelope.grant is not None:
             await self._check_grant(envelope)
         if envelope.sealed is None:

@@ -105,6 +105,9 @@ class ProgressChange:
     message: str | None
     data: Mapping[str, Any] | None
     at: float = field(default_factory=time.time)
+    # The job's "running" change, written first, so a report reaches a job whose record
+    # is not there yet (the worker got it before its publisher's "queued" landed).
+    identity: StateChange | None = None
 
 
 Change = StateChange | ProgressChange
@@ -238,6 +241,53 @@ class GroupCommit:
                 await asyncio.gather(self._flushing, return_exceptions=True)
 
 
+class GroupRead:
+    """Reads by key in batches, one query in flight at a time (the read-side twin of
+    :class:`GroupCommit`): a worker checking every job it starts asks one
+    ``WHERE id IN (...)`` per batch instead of one query per job."""
+
+    def __init__(
+        self,
+        fetch: Callable[[list[str]], Awaitable[Mapping[str, Any]]],
+        *,
+        max_batch: int = 500,
+    ) -> None:
+        self._fetch = fetch
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self._reading: asyncio.Task[None] | None = None
+
+    async def get(self, key: str) -> Any:
+        """The fetched value of ``key`` (None if absent)."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, done))
+        if self._reading is None:
+            self._start()
+        return await done
+
+    def _start(self) -> None:
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        self._reading = asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        try:
+            found = await self._fetch(list({key for key, _ in batch}))
+        except Exception as exc:
+            error = StoreError(f"could not read {len(batch)} job record(s): {exc}")
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(error)
+        else:
+            for key, done in batch:
+                if not done.done():
+                    done.set_result(found.get(key))
+        finally:
+            self._reading = None
+            if self._pending:
+                self._start()
+
+
 class JobStore:
     """The job store. ``url`` is a SQLAlchemy async URL: SQLite (default) or PostgreSQL.
 
@@ -262,6 +312,7 @@ class JobStore:
         self._statements: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._open_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
+        self._outcomes = GroupRead(self._read_outcomes)
 
     @property
     def dialect(self) -> str:
@@ -383,8 +434,9 @@ class JobStore:
 
     async def _write(self, batch: list[Change]) -> None:
         insert = self._insert()
-        changes = [c for c in batch if isinstance(c, StateChange)]
         reports = [c for c in batch if isinstance(c, ProgressChange)]
+        changes = [c for c in batch if isinstance(c, StateChange)]
+        changes += [r.identity for r in reports if r.identity is not None]
         # One row per job and per attempt in a batch: PostgreSQL refuses an upsert that
         # touches the same row twice, and only the latest change of a job matters.
         latest: dict[str, StateChange] = {}
@@ -563,6 +615,18 @@ class JobStore:
             return bool(advanced.rowcount == 1)
 
     # --- reading -----------------------------------------------------------------------
+
+    async def outcome(self, job_id: str) -> tuple[str, float] | None:
+        """``(state, updated_at)`` of a job, or None; concurrent calls share one query."""
+        await self.open()
+        result: tuple[str, float] | None = await self._outcomes.get(job_id)
+        return result
+
+    async def _read_outcomes(self, job_ids: list[str]) -> dict[str, tuple[str, float]]:
+        query = sa.select(jobs.c.id, jobs.c.state, jobs.c.updated_at).where(jobs.c.id.in_(job_ids))
+        async with self._require().connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return {row.id: (row.state, row.updated_at) for row in rows}
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The record of one job, or None."""

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from amqp_jobs.store.database import JobStore, ProgressChange
+from amqp_jobs.store.database import JobStore, ProgressChange, StateChange
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,16 @@ class ProgressReporter:
         self._writing: set[asyncio.Task[None]] = set()
 
     async def report(
-        self, job_id: str, percent: float | None, message: str | None, data: Mapping[str, Any]
+        self,
+        job_id: str,
+        percent: float | None,
+        message: str | None,
+        data: Mapping[str, Any],
+        identity: StateChange | None = None,
     ) -> None:
-        """Record (or hold back, within the interval) one progress report of ``job_id``."""
-        change = ProgressChange(job_id, percent, message, dict(data))
+        """Record (or hold back, within the interval) one progress report of ``job_id``;
+        ``identity`` is the job's "running" change, recorded with it if need be."""
+        change = ProgressChange(job_id, percent, message, dict(data), identity=identity)
         loop = asyncio.get_running_loop()
         now = loop.time()
         last = self._last_write.get(job_id)
