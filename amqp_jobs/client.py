@@ -426,9 +426,15 @@ class Client:
         # Batches per virtual host, and delayed jobs apart: a delay is computed when its
         # publication is made, so a delayed job must not wait long in the send queue
         # behind hundreds of others (that wait would make it start late).
+        # Delayed jobs go soonest due first: one due in 100 ms must not wait behind a
+        # thousand publishes of later ones (measured: p99 lateness 349 ms for 1,000
+        # delays of 0.1-120 s published in input order).
         batches: dict[tuple[str | None, bool], list[int]] = {}
         for index, job in enumerate(jobs):
             batches.setdefault((job.vhost, job.envelope.not_before is not None), []).append(index)
+        for (_, delayed), indexes in batches.items():
+            if delayed:
+                indexes.sort(key=lambda i: jobs[i].envelope.not_before or 0.0)
         outcomes: list[BaseException | None] = [None] * len(jobs)
         for (vhost, delayed), indexes in batches.items():
             transport = await self.transport_for(vhost)
