@@ -4,6 +4,7 @@ audited, while the worker keeps going."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -332,11 +333,21 @@ async def test_impersonation_needs_a_valid_grant_for_the_job(
         approved_by="lead-lea",
     )
     await app.grants.revoke(revoked.id, by="lead-lea")
+    expired = await app.grants.issue(
+        actor="support-sam",
+        subject="ann",
+        tenant="acme",
+        scopes=["bank.statement"],
+        ttl=timedelta(milliseconds=300),
+        reason="ticket 45",
+        approved_by="lead-lea",
+    )
+    await asyncio.sleep(0.4)
 
     async with running(app) as worker:
         async with app.acting_as(ANN, grant=grant):
             ok = await app.enqueue("bank.statement", {"account": "A", "secret_note": "g"})
-        for bad in (other_job, revoked):
+        for bad in (other_job, revoked, expired):
             await app.enqueue(
                 "bank.statement", {"account": "A", "secret_note": "b"}, user=ANN, grant=bad
             )
@@ -345,16 +356,17 @@ async def test_impersonation_needs_a_valid_grant_for_the_job(
             "bank.statement", {"account": "B", "secret_note": "b"}, user=BOB, grant=grant
         )
         assert (await ok.result(timeout=10))["note"] == "g"
-        reasons = await refusals(app, 3)
+        reasons = await refusals(app, 4)
         assert worker.stats.retried == 0
 
     assert len(secured.ran) == 1
+    assert any(f"grant {expired.id}" in r and "expired" in r for r in reasons), reasons
     assert any(f"grant {revoked.id} was revoked" in r for r in reasons)
     assert any(f"grant {other_job.id} does not cover job 'bank.statement'" in r for r in reasons)
     assert any(f"grant {grant.id} is for 'ann', not for 'bob'" in r for r in reasons)
     uses = await app.audit.entries(action="impersonation.use")
     assert [(e.actor, e.on_behalf_of) for e in uses] == [("support-sam", "ann")]
-    assert len(await app.audit.entries(action="impersonation.refused")) == 3
+    assert len(await app.audit.entries(action="impersonation.refused")) == 4
 
 
 async def test_oversized_payloads_and_bad_storage_names_are_refused(
