@@ -19,6 +19,7 @@ master_key=..., encrypt=True))``. What each part does on the hot path:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
+import sqlalchemy as sa
 
 from amqp_jobs.envelope import Envelope, Sealed, signing_bytes
 from amqp_jobs.errors import ConfigurationError
@@ -37,6 +39,7 @@ from amqp_jobs.security.keys import KeyProvider, MasterKey, UserKeys
 from amqp_jobs.security.signing import Keyring, PublicKey, SigningKey, verify_envelope
 from amqp_jobs.security.users import UserContext
 from amqp_jobs.store.database import FINAL_STATES
+from amqp_jobs.store.schema import jobs
 
 if TYPE_CHECKING:
     from amqp_jobs.app import JobApp
@@ -333,14 +336,14 @@ class Security:
 
     async def open_progress(self, record: JobRecord, progress: Progress) -> Progress:
         """The progress report with its sealed message and data opened."""
-        from dataclasses import replace
-
         if SEALED_MARKER not in progress.data:
             return progress
         opened = await self.open_value(
             record.id, record.job, record.user_id, record.tenant, "progress", progress.data
         )
-        return replace(progress, message=opened.get("message"), data=opened.get("data") or {})
+        return dataclasses.replace(
+            progress, message=opened.get("message"), data=opened.get("data") or {}
+        )
 
     # --- erasure ----------------------------------------------------------------------
 
@@ -410,10 +413,6 @@ def _keyring(keys: Keyring | Iterable[PublicKey | str] | None) -> Keyring | None
 
 
 async def _clear_results(store: JobStore, user_id: str, tenant: str | None) -> int:
-    import sqlalchemy as sa
-
-    from amqp_jobs.store.schema import jobs
-
     condition = jobs.c.user_id == user_id
     if tenant is not None:
         condition = sa.and_(condition, jobs.c.tenant == tenant)
