@@ -391,3 +391,38 @@ async def test_oversized_payloads_and_bad_storage_names_are_refused(
     assert await app.audit.verify() is None
     dead = await app.audit.entries(action="dead_letter")
     assert len(dead) >= 2 and big.id
+
+
+async def test_encryption_is_on_per_tenant_or_per_job_by_configuration(
+    make_app: Callable[..., JobApp], make_store: Callable[[], JobStore]
+) -> None:
+    # Given encryption for tenant "acme" only, and one job that is always encrypted
+    key = SigningKey.generate("svc-1")
+    app = make_app(
+        store=make_store(),
+        security=Security(signing_key=key, master_key=MasterKey.generate(), encrypt={"acme"}),
+    )
+
+    @app.job(name="t.plain")
+    async def plain(note: str) -> None:
+        pass
+
+    @app.job(name="t.secret", encrypt=True)
+    async def secret(note: str) -> None:
+        pass
+
+    @app.job(name="t.never", encrypt=False)
+    async def never(note: str) -> None:
+        pass
+
+    other = UserContext(user_id="zed", tenant="globex")
+
+    async def sealed(job: str, user: UserContext) -> bool:
+        prepared = await app.client.build(job, {"note": "n"}, user=user)
+        return prepared.envelope.sealed is not None
+
+    # Then the tenant's jobs are sealed, other tenants' are not, and the job options win
+    assert await sealed("t.plain", ANN) is True
+    assert await sealed("t.plain", other) is False
+    assert await sealed("t.secret", other) is True
+    assert await sealed("t.never", ANN) is False
