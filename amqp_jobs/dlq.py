@@ -133,12 +133,12 @@ class DeadLetters:
             envelope = envelope.model_copy(update={"attempt": 1, "enqueued_at": time.time()})
             body = self.app.client.encode(envelope)  # re-signed by this app's key, if any
             if self.app.security is not None and self.app.security.audit is not None:
-                user = envelope.user or {}
+                user_id, tenant = envelope.owner
                 await self.app.security.audit.record(
                     "requeue",
                     actor=self.app.service_name,
-                    user_id=None if user.get("user_id") is None else str(user["user_id"]),
-                    tenant=None if user.get("tenant") is None else str(user["tenant"]),
+                    user_id=user_id,
+                    tenant=tenant,
                     job_id=envelope.id,
                     job=envelope.job,
                     outcome="requeued",

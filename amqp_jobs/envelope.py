@@ -97,6 +97,13 @@ class Envelope(pydantic.BaseModel):
     grant: str | None = None  # a signed impersonation grant, when published on someone's behalf
     signature: EnvelopeSignature | None = None  # last, over every other field
 
+    @property
+    def owner(self) -> tuple[str | None, str | None]:
+        """``(user_id, tenant)`` of the job's user as text, each None when absent."""
+        user = self.user or {}
+        user_id, tenant = user.get("user_id"), user.get("tenant")
+        return (None if user_id is None else str(user_id), None if tenant is None else str(tenant))
+
     def next_attempt(self, *, not_before: float | None = None) -> Envelope:
         """Return a copy of this envelope for the following attempt."""
         return self.model_copy(update={"attempt": self.attempt + 1, "not_before": not_before})

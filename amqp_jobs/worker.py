@@ -600,7 +600,7 @@ class Worker:
         )
         if self.app.store is None:
             return
-        user = envelope.user or {}
+        user_id, tenant = envelope.owner
         now = time.time()
         for step in steps:
             definition = self.app.registry.get(step.job)
@@ -613,8 +613,8 @@ class Worker:
                     queue=step.queue
                     or (definition.queue if definition else self.app.default_queue),
                     created_at=now,
-                    user_id=None if user.get("user_id") is None else str(user["user_id"]),
-                    tenant=None if user.get("tenant") is None else str(user["tenant"]),
+                    user_id=user_id,
+                    tenant=tenant,
                     publisher=envelope.publisher,
                     correlation_id=envelope.correlation_id or envelope.id,
                     parent_id=envelope.id,

@@ -560,8 +560,7 @@ class AuditRecorder(Middleware):
     async def _record(
         self, action: str, envelope: Envelope, *, outcome: str, **detail: Any
     ) -> None:
-        user = envelope.user or {}
-        user_id = _text(user.get("user_id"))
+        user_id, tenant = envelope.owner
         actor, on_behalf_of, grant_id = user_id or envelope.publisher, None, None
         if envelope.grant is not None:
             claim = _grant_claim(envelope.grant)
@@ -573,7 +572,7 @@ class AuditRecorder(Middleware):
             actor=actor,
             on_behalf_of=on_behalf_of,
             user_id=user_id,
-            tenant=_text(user.get("tenant")),
+            tenant=tenant,
             job_id=envelope.id,
             job=envelope.job,
             outcome=outcome,

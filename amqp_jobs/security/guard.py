@@ -185,8 +185,8 @@ class Security:
             return bool(definition.options["encrypt"])
         if self.encrypt_all:
             return True
-        tenant = (envelope.user or {}).get("tenant")
-        return tenant is not None and str(tenant) in self.encrypt_tenants
+        tenant = envelope.owner[1]
+        return tenant is not None and tenant in self.encrypt_tenants
 
     async def seal_envelope(self, envelope: Envelope, definition: JobDefinition | None) -> Envelope:
         """Encrypt the payload for the job's user when the policy covers the job."""
@@ -400,10 +400,9 @@ def _signature_suffix(key_id: str, value: str) -> bytes:
 
 
 def _owner(envelope: Envelope) -> tuple[str, str | None]:
-    user = envelope.user or {}
-    user_id = user.get("user_id")
-    tenant = user.get("tenant")
-    return ("" if user_id is None else str(user_id), None if tenant is None else str(tenant))
+    """:attr:`Envelope.owner` with ``""`` for no user: the key and storage identity."""
+    user_id, tenant = envelope.owner
+    return user_id or "", tenant
 
 
 def _keyring(keys: Keyring | Iterable[PublicKey | str] | None) -> Keyring | None:

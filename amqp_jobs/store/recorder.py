@@ -25,7 +25,7 @@ MAX_TRACEBACK_CHARS = 8_000
 
 def change_of(envelope: Envelope, state: str, **details: Any) -> StateChange:
     """A state change of the job ``envelope`` describes."""
-    user = envelope.user or {}
+    user_id, tenant = envelope.owner
     return StateChange(
         job_id=envelope.id,
         state=state,
@@ -33,8 +33,8 @@ def change_of(envelope: Envelope, state: str, **details: Any) -> StateChange:
         job=envelope.job,
         queue=envelope.queue,
         created_at=envelope.enqueued_at,
-        user_id=_text(user.get("user_id")),
-        tenant=_text(user.get("tenant")),
+        user_id=user_id,
+        tenant=tenant,
         publisher=envelope.publisher,
         correlation_id=envelope.correlation_id,
         parent_id=envelope.parent_id,
@@ -42,10 +42,6 @@ def change_of(envelope: Envelope, state: str, **details: Any) -> StateChange:
         labels=envelope.labels,
         **details,
     )
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _traceback_of(error: BaseException) -> str:
