@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -14,7 +15,6 @@ import aiormq
 import aiormq.exceptions
 import tenacity
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-from pamqp.commands import Basic
 
 from amqp_jobs.errors import (
     ConfigurationError,
@@ -24,6 +24,7 @@ from amqp_jobs.errors import (
     UnroutableError,
 )
 from amqp_jobs.topology import BindingDecl, Declaration, ExchangeDecl, QueueDecl
+from amqp_jobs.transport import pipelined
 from amqp_jobs.transport.base import (
     Delivery,
     DeliveryHandler,
@@ -36,7 +37,7 @@ from amqp_jobs.transport.base import (
 
 log = logging.getLogger(__name__)
 
-_PERSISTENT = 2
+_PIPELINE_BATCH = 100  # publishes per write; a batch is marshalled while holding the channel
 
 
 def translate(error: BaseException, action: str) -> BaseException:
@@ -197,6 +198,38 @@ class _AckBatcher:
             log.warning("could not send acks (%s); the broker will redeliver them", exc)
         finally:
             self._sender = None
+
+
+class _ConfirmWindow:
+    """The confirms one ``publish_many`` has in flight, and a wake-up when one settles."""
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self.in_flight = 0
+        self._settled = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        return self.size - self.in_flight
+
+    def add(self, confirm: asyncio.Future[object]) -> None:
+        self.in_flight += 1
+        confirm.add_done_callback(self._on_settled)
+
+    def _on_settled(self, _: asyncio.Future[object]) -> None:
+        self.in_flight -= 1
+        self._settled.set()
+
+    async def progressed(self) -> bool:
+        """Wait for a confirm to settle; False if none did within the timeout."""
+        self._settled.clear()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._settled.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 class AmqpDelivery(Delivery):
@@ -439,7 +472,7 @@ class AmqpTransport(Transport):
         channel, connection = self._publish_channel, self._connection
         if channel is None or connection is None:
             return TransportError("the transport is not connected; call connect() first")
-        properties = _properties(message)
+        properties = pipelined.properties_of(message)
         if connection.connected.is_set() and not channel.is_closed:
             # The usual case, kept cheap: one try, aiormq's own timeout, no retry machinery.
             try:
@@ -482,59 +515,79 @@ class AmqpTransport(Transport):
     async def publish_many(
         self, publications: Iterable[Publication], *, timeout: float, window: int = 500
     ) -> list[BaseException | None]:
-        """Publish with up to ``window`` confirms in flight.
+        """Publish with up to ``window`` confirms in flight, pipelined.
 
         Publications are taken from the iterable only when a slot is free, so a delayed
-        job's delay is computed right before it is sent. ``timeout`` bounds the wait for
-        progress: if no confirm arrives for that long, the publishes still waiting fail
-        with :class:`PublishTimeoutError` (one watchdog, not a timer per message).
+        job's delay is computed right before it is sent. Free slots are filled in one
+        write (:mod:`amqp_jobs.transport.pipelined`) rather than a task per message.
+        ``timeout`` bounds the wait for progress: if no confirm arrives for that long,
+        the publishes still waiting fail with :class:`PublishTimeoutError`. Publishes
+        caught by a lost connection are sent again one by one through :meth:`publish`'s
+        path, which waits for the reconnection (at-least-once, as there).
         """
-        slots = asyncio.Semaphore(window)
-        loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task[BaseException | None]] = []
-        messages: list[OutgoingMessage] = []
-        pending: set[asyncio.Task[BaseException | None]] = set()
-        last_progress = loop.time()
-
-        def settled(task: asyncio.Task[BaseException | None]) -> None:
-            nonlocal last_progress
-            last_progress = loop.time()
-            pending.discard(task)
-            slots.release()
-
-        async def watchdog() -> None:
-            while True:
-                await asyncio.sleep(min(timeout, 1.0))
-                if pending and loop.time() - last_progress > timeout:
-                    for task in list(pending):
-                        task.cancel()
-
-        watching = loop.create_task(watchdog())
+        confirms = _ConfirmWindow(window, timeout)
+        sent: list[tuple[Publication, asyncio.Future[object]]] = []
+        source = iter(publications)
+        stalled = False
         try:
-            for publication in publications:
-                await slots.acquire()
-                task = loop.create_task(
-                    self._publish(
-                        publication.message,
-                        publication.exchange,
-                        publication.routing_key,
-                        timeout,
-                        confirm_timeout=False,
-                    )
-                )
-                task.add_done_callback(settled)
-                pending.add(task)
-                tasks.append(task)
-                messages.append(publication.message)
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            while not stalled:
+                if confirms.free <= 0:
+                    stalled = not await confirms.progressed()
+                    continue
+                batch = list(itertools.islice(source, min(confirms.free, _PIPELINE_BATCH)))
+                if not batch:
+                    break
+                futures = await self._send_batch(batch)
+                for publication, future in zip(batch, futures, strict=True):
+                    confirms.add(future)
+                    sent.append((publication, future))
+                await asyncio.sleep(0)  # let the reader settle confirms between batches
+            while confirms.in_flight > 0 and not stalled:
+                stalled = not await confirms.progressed()
         finally:
-            watching.cancel()
-        return [
-            translate(TimeoutError(), _publishing(message))
-            if isinstance(outcome, asyncio.CancelledError)
-            else outcome
-            for message, outcome in zip(messages, outcomes, strict=True)
-        ]
+            for _, future in sent:
+                if not future.done():
+                    future.cancel()
+        outcomes = [await self._outcome(p, future, timeout) for p, future in sent]
+        if stalled:
+            # Those never taken from the iterable were not published either.
+            for publication in source:
+                outcomes.append(translate(TimeoutError(), _publishing(publication.message)))
+        return outcomes
+
+    async def _outcome(
+        self, publication: Publication, confirm: asyncio.Future[object], timeout: float
+    ) -> BaseException | None:
+        """What became of a pipelined publish; one lost with the connection is sent again."""
+        message = publication.message
+        if confirm.cancelled():
+            return translate(TimeoutError(), _publishing(message))
+        error = confirm.exception()
+        if error is None:
+            return None
+        if _is_connection_loss(error):
+            return await self._publish(
+                message, publication.exchange, publication.routing_key, timeout
+            )
+        return translate(error, _publishing(message))
+
+    async def _send_batch(self, batch: list[Publication]) -> list[asyncio.Future[object]]:
+        """Write ``batch`` in one go; futures that fail with a connection loss if it is down."""
+        channel = self._publish_channel
+        try:
+            if channel is None or channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError("the publish channel is closed")
+            underlay = await channel.get_underlay_channel()
+            return await pipelined.send_batch(underlay, batch)
+        except Exception as exc:
+            if not _is_connection_loss(exc):
+                raise
+            failed: list[asyncio.Future[object]] = []
+            for _ in batch:
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(aiormq.exceptions.ChannelInvalidStateError(str(exc)))
+                failed.append(future)
+            return failed
 
     async def consume(
         self,
@@ -604,19 +657,6 @@ def _is_connection_loss(error: BaseException) -> bool:
         | aiormq.exceptions.ChannelInvalidStateError
         | aiormq.exceptions.ConnectionClosed
         | ConnectionError,
-    )
-
-
-def _properties(message: OutgoingMessage) -> Basic.Properties:
-    return Basic.Properties(
-        content_type=message.content_type,
-        delivery_mode=_PERSISTENT,
-        priority=message.priority,
-        message_id=message.message_id,
-        message_type=message.type,
-        app_id=message.app_id,
-        correlation_id=message.correlation_id,
-        headers=message.headers or None,
     )
 
 
