@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ class JobContext:
         "_progress",
         "_security",
         "_user",
+        "ack_after",
         "definition",
         "envelope",
         "preferences",
@@ -68,6 +70,11 @@ class JobContext:
         self._security = security
         self._cancel_requested = False
         self._user: UserContext | bool | None = False  # False: not read yet
+        self.ack_after: list[asyncio.Future[Any]] = []
+        """Futures the worker waits for before it acknowledges a successful job's
+        message (for middleware: the store puts its outcome's group commit here, so the
+        job's slot is free while the commit runs). If one fails, the message goes back
+        to its queue instead."""
         self.preferences: Any = None
         """The user's preferences (the app's ``Security(preferences=Model)``), loaded
         before the job starts; None when the app keeps none or the job has no user."""

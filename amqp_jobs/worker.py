@@ -78,7 +78,8 @@ class Worker:
     """Runs the jobs of one app from the given queues.
 
     ``concurrency`` is the number of jobs running at once in this process; the
-    broker's prefetch is sized to it (``prefetch`` overrides, per queue). Sync job
+    broker's prefetch is sized to it, twice that with a store (``prefetch`` overrides,
+    per queue). Sync job
     functions run in a thread pool of ``concurrency`` threads.
     """
 
@@ -102,7 +103,9 @@ class Worker:
         self.queues = list(queues)
         self.tiers = list(tiers)
         self.concurrency = concurrency
-        self.prefetch = prefetch or concurrency
+        # With a store, finished jobs wait for their outcome's commit before their ack
+        # without holding a slot: twice the prefetch keeps the slots busy meanwhile.
+        self.prefetch = prefetch or (concurrency * 2 if app.store is not None else concurrency)
         # Each tenant queue may hold this many of the worker's slots, so one tenant's
         # flood leaves room for the others' jobs to start at once.
         self.tenant_prefetch = tenant_prefetch or max(1, concurrency // 4)
@@ -113,6 +116,7 @@ class Worker:
         self.stats = WorkerStats()
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._unsettled: set[asyncio.Future[Any]] = set()  # see _ack_when_done
         self._subscriptions: list[Subscription] = []
         self._consumed: set[str] = set()
         self._plan: ConsumptionPlan | None = None
@@ -280,6 +284,8 @@ class Worker:
                     "handing back %d jobs still running after %.1fs", len(unfinished), grace
                 )
                 await asyncio.wait(unfinished, timeout=10)
+        if self._unsettled:  # finished jobs whose acks wait for their records
+            await asyncio.wait(set(self._unsettled), timeout=max(grace, 10.0))
         await asyncio.sleep(0)  # let the last batched acks go out before the channels close
         for subscription in self._subscriptions:
             await subscription.close()
@@ -476,10 +482,32 @@ class Worker:
         for after in self.app.middleware.hooks("after_process", reverse=True):
             await after(ctx, result, error)
         if error is None:
-            delivery.ack()
+            if ctx.ack_after:
+                self._ack_when_done(delivery, ctx.ack_after)
+            else:
+                delivery.ack()
             self.stats.succeeded += 1
         else:
             await self._failed(delivery, ctx, error)
+
+    def _ack_when_done(self, delivery: Delivery, waits: list[asyncio.Future[Any]]) -> None:
+        """Acknowledge ``delivery`` once ``waits`` are done; return it to its queue if one
+        failed (its outcome was not recorded: it runs again, as after a crash)."""
+        waiting = waits[0] if len(waits) == 1 else asyncio.gather(*waits)
+        self._unsettled.add(waiting)
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            self._unsettled.discard(done)
+            error = None if done.cancelled() else done.exception()
+            if error is None and not done.cancelled():
+                delivery.ack()
+                return
+            log.warning("job %s: not acknowledged (%s); returning it", delivery.message_id, error)
+            task = asyncio.get_running_loop().create_task(delivery.requeue())
+            self._unsettled.add(task)
+            task.add_done_callback(self._unsettled.discard)
+
+        waiting.add_done_callback(settle)
 
     def _context(self, envelope: Envelope, definition: JobDefinition) -> JobContext:
         return JobContext(

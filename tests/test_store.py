@@ -12,7 +12,7 @@ import pytest
 
 from amqp_jobs import JobApp, JobContext, JobFailed
 from amqp_jobs.store import JobStore, StateChange
-from tests.helpers import running
+from tests.helpers import running, wait_until
 
 
 class Invoice(pydantic.BaseModel):
@@ -180,6 +180,43 @@ async def test_a_job_whose_outcome_cannot_be_recorded_is_not_acked_and_not_lost(
     record = await app.jobs.get(handle.id)
     assert record is not None and record.state == "succeeded"
     assert await app.queue("default").size() == 0
+
+
+async def test_a_stopping_worker_acks_jobs_whose_outcome_is_still_being_written(
+    make_app: Callable[..., JobApp], make_store: Callable[[], JobStore]
+) -> None:
+    # Given a store whose writes take 0.5 s, and a worker that has just run a job
+    # (a finished job's ack waits for its outcome's commit without holding a slot)
+    store = make_store()
+    app = make_app(store=store)
+    real_write = store._write
+
+    async def slow_write(changes: list[StateChange]) -> None:
+        await asyncio.sleep(0.5)
+        await real_write(changes)
+
+    store._writer._flush = slow_write  # type: ignore[method-assign]
+    runs: list[str] = []
+
+    @app.job
+    async def work(ctx: JobContext) -> None:
+        runs.append(ctx.job_id)
+
+    handle = await work.enqueue()
+    worker = app.worker(concurrency=4)
+    await worker.start()
+    await wait_until(lambda: runs, timeout=10)
+
+    # When the worker stops while that outcome is being written
+    await worker.stop(grace_period=5)
+
+    # Then the stop waited for the commit and acked: recorded once, not redelivered
+    record = await app.jobs.get(handle.id)
+    assert record is not None and record.state == "succeeded"
+    assert await app.queue("default").size() == 0
+    async with running(app):
+        await asyncio.sleep(0.5)
+    assert runs == [handle.id]
 
 
 async def test_several_workers_share_one_sqlite_file_without_lock_errors(

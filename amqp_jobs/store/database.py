@@ -30,6 +30,7 @@ from amqp_jobs.store.schema import (
     jobs,
     migrate,
 )
+from amqp_jobs.store.writes import BatchRows, SQLAlchemyDriver, SQLiteWriter, Statements
 
 DEFAULT_URL = "sqlite+aiosqlite:///./amqp_jobs.db"
 
@@ -45,20 +46,6 @@ STATE_RANK = {
 }
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled", "skipped"})
 _CANCELLED_ORDER = 1_000_000_000  # above any attempt's order: a cancelled job stays cancelled
-
-# Columns that describe the job itself: written by whoever records it first, never changed.
-_IDENTITY = (
-    "job",
-    "queue",
-    "user_id",
-    "tenant",
-    "publisher",
-    "correlation_id",
-    "parent_id",
-    "created_at",
-    "not_before",
-    "labels",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,12 +186,16 @@ class GroupCommit:
 
     async def submit(self, change: Change) -> None:
         """Queue ``change`` and wait until the transaction holding it has committed."""
+        await self.submit_soon(change)
+
+    def submit_soon(self, change: Change) -> asyncio.Future[None]:
+        """Queue ``change``; the future is done when the transaction holding it commits."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((change, done))
         if self._flushing is None and self._timer is None:
             self._timer = loop.call_later(self._max_delay, self._start_flush)
-        await done
+        return done
 
     def _start_flush(self) -> None:
         self._timer = None
@@ -305,11 +296,13 @@ class JobStore:
         max_delay: float = 0.001,
     ) -> None:
         self.url = url
+        self._dialect = sa.make_url(url).get_backend_name()
         self._busy_timeout_ms = busy_timeout_ms
         self._engine_options = dict(engine_options or {})
         self._engine: AsyncEngine | None = None
+        self._sqlite_writer: SQLiteWriter | None = None
         self._writer = GroupCommit(self._write, max_batch=max_batch, max_delay=max_delay)
-        self._statements: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._statements: Statements | None = None  # the group commit's, once open
         self._open_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._outcomes = GroupRead(self._read_outcomes)
@@ -317,10 +310,12 @@ class JobStore:
     @property
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
-        return sa.make_url(self.url).get_backend_name()
+        return self._dialect
 
     async def open(self) -> None:
         """Connect and bring the schema up to date (idempotent)."""
+        if self._engine is not None:
+            return  # the usual case, on every record: no lock round
         async with self._open_lock:
             if self._engine is not None:
                 return
@@ -347,18 +342,23 @@ class JobStore:
                     raise StoreError(
                         f"cannot open the job store at {self._safe_url()}: {exc}"
                     ) from exc
+            self._statements = Statements(engine.dialect)
+            database = engine.url.database
+            if self.dialect == "sqlite" and database not in (None, "", ":memory:"):
+                self._sqlite_writer = SQLiteWriter(database, self._statements, self._pragmas)
             self._engine = engine
 
     def _configure_sqlite(self, engine: AsyncEngine) -> None:
-        busy_timeout = self._busy_timeout_ms
-
         @sa.event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: Any, _: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout)}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
+        def _on_connect(dbapi_connection: Any, _: Any) -> None:
+            self._pragmas(dbapi_connection)
+
+    def _pragmas(self, dbapi_connection: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
 
     def _safe_url(self) -> str:
         return sa.make_url(self.url).render_as_string(hide_password=True)
@@ -390,6 +390,9 @@ class JobStore:
         """Write what is pending, then close the connections."""
         await self._writer.drain()
         engine, self._engine = self._engine, None
+        writer, self._sqlite_writer = self._sqlite_writer, None
+        if writer is not None:
+            await writer.close()
         if engine is not None:
             await engine.dispose()
 
@@ -400,6 +403,12 @@ class JobStore:
         await self.open()
         await self._writer.submit(change)
 
+    def record_soon(self, change: StateChange) -> asyncio.Future[None]:
+        """Queue a state change of an open store; the future is done once it is committed
+        (or fails with :class:`StoreError`)."""
+        self._require()
+        return self._writer.submit_soon(change)
+
     async def report_progress(self, change: ProgressChange) -> None:
         """Record a progress report (group commit, ordered after the job's earlier changes)."""
         await self.open()
@@ -408,32 +417,7 @@ class JobStore:
     def _insert(self) -> Any:
         return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
 
-    def _upsert_job(self, columns: tuple[str, ...]) -> Any:
-        statement = self._statements.get(("jobs", columns))
-        if statement is None:
-            insert = self._insert()(jobs)
-            statement = insert.on_conflict_do_update(
-                index_elements=[jobs.c.id],
-                set_={c: insert.excluded[c] for c in columns if c not in ("id", *_IDENTITY)},
-                # A row only moves forward: changes may arrive out of order.
-                where=jobs.c.progress_order <= insert.excluded.progress_order,
-            )
-            self._statements[("jobs", columns)] = statement
-        return statement
-
-    def _upsert_attempt(self, columns: tuple[str, ...]) -> Any:
-        statement = self._statements.get(("attempts", columns))
-        if statement is None:
-            insert = self._insert()(attempts)
-            statement = insert.on_conflict_do_update(
-                index_elements=[attempts.c.job_id, attempts.c.number],
-                set_={c: insert.excluded[c] for c in columns if c not in ("job_id", "number")},
-            )
-            self._statements[("attempts", columns)] = statement
-        return statement
-
     async def _write(self, batch: list[Change]) -> None:
-        insert = self._insert()
         reports = [c for c in batch if isinstance(c, ProgressChange)]
         changes = [c for c in batch if isinstance(c, StateChange)]
         changes += [r.identity for r in reports if r.identity is not None]
@@ -456,25 +440,26 @@ class JobStore:
             if c.state in ("queued", "scheduled") and c.labels
             for k, v in c.labels.items()
         ]
-        async with self.writing(), self._require().begin() as connection:
-            # executemany of one cached single-row statement per column set: SQLAlchemy
-            # batches the rows ("insertmanyvalues") without compiling a statement per batch.
-            for rows in _same_keys(job_rows):
-                await connection.execute(self._upsert_job(tuple(rows[0])), rows)
-            for rows in _same_keys(attempt_rows):
-                await connection.execute(self._upsert_attempt(tuple(rows[0])), rows)
-            if tag_rows:
-                await connection.execute(insert(job_tags).on_conflict_do_nothing(), tag_rows)
-            for report in reports:
-                await connection.execute(
-                    jobs.update()
-                    .where(jobs.c.id == report.job_id)
-                    .values(
-                        progress_percent=report.percent,
-                        progress_message=report.message,
-                        progress_data=dict(report.data or {}),
-                        progress_at=report.at,
-                    )
+        progress = [
+            {
+                "id": r.job_id,
+                "progress_percent": r.percent,
+                "progress_message": r.message,
+                "progress_data": dict(r.data or {}),
+                "progress_at": r.at,
+            }
+            for r in reports
+        ]
+        rows = BatchRows(_same_keys(job_rows), _same_keys(attempt_rows), tag_rows, progress)
+        async with self.writing():
+            if self._sqlite_writer is not None:
+                await self._sqlite_writer.write(rows)  # see amqp_jobs.store.writes
+                return
+            statements = self._statements
+            assert statements is not None
+            async with self._require().begin() as connection:
+                await connection.run_sync(
+                    lambda sync: statements.write(SQLAlchemyDriver(sync), rows)
                 )
 
     # --- cancellation ------------------------------------------------------------------
