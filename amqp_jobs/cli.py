@@ -283,7 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--queues", "-Q", action="append", help="queues to consume, comma-separated (default: all)"
     )
     worker.add_argument("--concurrency", "-c", type=int, default=64, help="jobs at once")
-    worker.add_argument("--prefetch", type=int, default=None, help="unacked messages per queue")
+    worker.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="unacked messages per queue (default: the concurrency)",
+    )
     worker.add_argument("--grace", type=float, default=30.0, help="shutdown grace period, s")
     worker.add_argument(
         "--tier", action="append", help="consume what the routing policy gives this tier"

@@ -78,8 +78,7 @@ class Worker:
     """Runs the jobs of one app from the given queues.
 
     ``concurrency`` is the number of jobs running at once in this process; the
-    broker's prefetch is sized to it, twice that with a store (``prefetch`` overrides,
-    per queue). Sync job
+    broker's prefetch is sized to it (``prefetch`` overrides, per queue). Sync job
     functions run in a thread pool of ``concurrency`` threads.
     """
 
@@ -103,9 +102,7 @@ class Worker:
         self.queues = list(queues)
         self.tiers = list(tiers)
         self.concurrency = concurrency
-        # With a store, finished jobs wait for their outcome's commit before their ack
-        # without holding a slot: twice the prefetch keeps the slots busy meanwhile.
-        self.prefetch = prefetch or (concurrency * 2 if app.store is not None else concurrency)
+        self.prefetch = prefetch or concurrency
         # Each tenant queue may hold this many of the worker's slots, so one tenant's
         # flood leaves room for the others' jobs to start at once.
         self.tenant_prefetch = tenant_prefetch or max(1, concurrency // 4)
