@@ -152,3 +152,28 @@ async def test_publishes_without_confirms_time_out(app: JobApp, queue: str) -> N
     finally:
         rabbitmqctl("set_vm_memory_high_watermark", "0.4")
     await asyncio.sleep(1)  # the broker unblocks the connection
+
+
+async def test_publishes_caught_by_a_lost_connection_are_sent_again(
+    app: JobApp, queue: str
+) -> None:
+    # Given a long pipelined publish under way
+    count = 60_000
+    publications = [Publication(_message(n), "", queue) for n in range(count)]
+    publishing = asyncio.create_task(app.transport.publish_many(publications, timeout=30))
+    await asyncio.sleep(0.5)
+    assert not publishing.done()
+
+    # When the broker closes every client connection in the middle of it
+    closed = await asyncio.to_thread(
+        rabbitmqctl, "close_all_connections", "amqp-jobs test: connection lost mid-batch"
+    )
+    assert closed.returncode == 0, closed.stderr
+    assert not publishing.done(), "the publish ended before the connection was closed"
+    outcomes = await publishing
+
+    # Then every publish is confirmed in the end (those in flight sent again after the
+    # reconnect), and every message is in the queue at least once (at-least-once)
+    assert [o for o in outcomes if o is not None] == []
+    ids = set(await _drain_ids(app, queue))
+    assert ids == {f"m{n}" for n in range(count)}

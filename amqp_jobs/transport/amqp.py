@@ -548,6 +548,13 @@ class AmqpTransport(Transport):
             for _, future in sent:
                 if not future.done():
                     future.cancel()
+        lost = sum(
+            1
+            for _, future in sent
+            if future.done() and not future.cancelled() and _is_connection_loss_of(future)
+        )
+        if lost:
+            log.warning("%d publishes were caught by a lost connection; sending them again", lost)
         outcomes = [await self._outcome(p, future, timeout) for p, future in sent]
         if stalled:
             # Those never taken from the iterable were not published either.
@@ -646,6 +653,11 @@ class AmqpTransport(Transport):
 
 def _publishing(message: OutgoingMessage) -> str:
     return f"publishing job {message.message_id} ({message.type})"
+
+
+def _is_connection_loss_of(future: asyncio.Future[object]) -> bool:
+    error = future.exception()
+    return error is not None and _is_connection_loss(error)
 
 
 def _is_connection_loss(error: BaseException) -> bool:
