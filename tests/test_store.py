@@ -12,6 +12,7 @@ import pytest
 
 from amqp_jobs import JobApp, JobContext, JobFailed
 from amqp_jobs.store import JobStore, StateChange
+from amqp_jobs.store.database import ProgressChange
 from tests.helpers import running, wait_until
 
 
@@ -253,3 +254,72 @@ async def test_stores_opening_a_fresh_database_at_once_migrate_it_once(
     # Then none failed, and the schema is complete for each
     for store in stores:
         assert await store.get("missing") is None
+
+
+async def test_large_mixed_batches_are_written_row_for_row(
+    make_store: Callable[[], JobStore],
+) -> None:
+    # Given 300 jobs (more than one multi-row statement, sizes that need padding), queued
+    # with labels, then in one batch: 290 succeed with nested JSON results, 10 fail,
+    # and every one reports progress
+    store = make_store()
+    await store.open()
+    now = time.time()
+    ids = [f"job-{n:04d}" for n in range(300)]
+
+    def change(n: int, state: str, **details: Any) -> StateChange:
+        return StateChange(
+            job_id=ids[n],
+            state=state,
+            attempt=1,
+            job="batch.work",
+            queue="default",
+            created_at=now + n / 1000,
+            user_id=f"u{n % 3}",
+            labels={"kind": "batch", "n": str(n)},
+            **details,
+        )
+
+    await asyncio.gather(*(store.record(change(n, "queued")) for n in range(300)))
+    outcomes = []
+    for n in range(300):
+        if n % 30 == 29:
+            outcomes.append(change(n, "failed", error_type="ValueError", error_message=f"bad {n}"))
+        else:
+            result = {"n": n, "items": [n, None, {"deep": "é"}], "none": None}
+            outcomes.append(change(n, "succeeded", result=result, worker="w1", started_at=now))
+    reports = [ProgressChange(ids[n], n / 3, f"step {n}", {"n": n}) for n in range(300)]
+    # Submitted together: they go in one or a few group commits of hundreds of rows
+    await asyncio.gather(
+        *(store.record(c) for c in outcomes), *(store.report_progress(r) for r in reports)
+    )
+
+    # Then every job has exactly its own row, result, attempt, progress and tags
+    for n in range(300):
+        record = await store.get(ids[n])
+        assert record is not None
+        assert record.labels == {"kind": "batch", "n": str(n)}
+        assert record.user_id == f"u{n % 3}"
+        tries = await store.attempts_of(ids[n])
+        assert len(tries) == 1
+        if n % 30 == 29:
+            assert (record.state, record.error_message) == ("failed", f"bad {n}")
+            assert (tries[0].outcome, tries[0].error_type) == ("failed", "ValueError")
+        else:
+            assert record.state == "succeeded"
+            assert record.result == {"n": n, "items": [n, None, {"deep": "é"}], "none": None}
+            assert (tries[0].outcome, tries[0].worker, tries[0].started_at) == (
+                "succeeded",
+                "w1",
+                now,
+            )
+        progress = await store.progress(ids[n])
+        assert progress is not None
+        assert (progress.percent, progress.message, dict(progress.data)) == (
+            n / 3,
+            f"step {n}",
+            {"n": n},
+        )
+    page = await store.query(tags={"n": "137"})
+    assert [r.id for r in page.jobs] == [ids[137]]
+    assert len((await store.query(user="u1", limit=500)).jobs) == 100
