@@ -522,9 +522,15 @@ class AmqpTransport(Transport):
         write (:mod:`amqp_jobs.transport.pipelined`) rather than a task per message.
         ``timeout`` bounds the wait for progress: if no confirm arrives for that long,
         the publishes still waiting fail with :class:`PublishTimeoutError`. Publishes
-        caught by a lost connection are sent again one by one through :meth:`publish`'s
-        path, which waits for the reconnection (at-least-once, as there).
+        caught by a lost connection are sent again once it is back, pipelined again;
+        those lost a second time go one by one through :meth:`publish`'s path, which
+        waits for the reconnection (at-least-once, as there).
         """
+        return await self._publish_many(publications, timeout, window, resend=True)
+
+    async def _publish_many(
+        self, publications: Iterable[Publication], timeout: float, window: int, *, resend: bool
+    ) -> list[BaseException | None]:
         confirms = _ConfirmWindow(window, timeout)
         sent: list[tuple[Publication, asyncio.Future[object]]] = []
         source = iter(publications)
@@ -548,14 +554,21 @@ class AmqpTransport(Transport):
             for _, future in sent:
                 if not future.done():
                     future.cancel()
-        lost = sum(
-            1
-            for _, future in sent
-            if future.done() and not future.cancelled() and _is_connection_loss_of(future)
-        )
-        if lost:
-            log.warning("%d publishes were caught by a lost connection; sending them again", lost)
-        outcomes = [await self._outcome(p, future, timeout) for p, future in sent]
+        lost = [i for i, (_, future) in enumerate(sent) if _is_connection_loss_of(future)]
+        again: dict[int, BaseException | None] = {}
+        if lost and resend:
+            log.warning(
+                "%d publishes were caught by a lost connection; sending them again", len(lost)
+            )
+            await self._wait_for_channel(timeout)
+            outcomes_again = await self._publish_many(
+                [sent[i][0] for i in lost], timeout, window, resend=False
+            )
+            again = dict(zip(lost, outcomes_again, strict=True))
+        outcomes = [
+            again[i] if i in again else await self._outcome(p, future, timeout)
+            for i, (p, future) in enumerate(sent)
+        ]
         if stalled:
             # Those never taken from the iterable were not published either.
             for publication in source:
@@ -577,6 +590,17 @@ class AmqpTransport(Transport):
                 message, publication.exchange, publication.routing_key, timeout
             )
         return translate(error, _publishing(message))
+
+    async def _wait_for_channel(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until the robust publish channel is usable again."""
+        channel = self._publish_channel
+        if channel is None:
+            return
+        with contextlib.suppress(Exception):  # the sends that follow report what is wrong
+            async with asyncio.timeout(timeout):
+                await channel.get_underlay_channel()  # waits for the reconnection
+                while channel.is_closed:
+                    await asyncio.sleep(0.05)
 
     async def _send_batch(self, batch: list[Publication]) -> list[asyncio.Future[object]]:
         """Write ``batch`` in one go; futures that fail with a connection loss if it is down."""
@@ -656,6 +680,8 @@ def _publishing(message: OutgoingMessage) -> str:
 
 
 def _is_connection_loss_of(future: asyncio.Future[object]) -> bool:
+    if not future.done() or future.cancelled():
+        return False
     error = future.exception()
     return error is not None and _is_connection_loss(error)
 
