@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from amqp_jobs.errors import ConfigurationError, StoreError
@@ -30,7 +29,13 @@ from amqp_jobs.store.schema import (
     jobs,
     migrate,
 )
-from amqp_jobs.store.writes import BatchRows, SQLAlchemyDriver, SQLiteWriter, Statements
+from amqp_jobs.store.writes import (
+    BatchRows,
+    SQLAlchemyDriver,
+    SQLiteWriter,
+    Statements,
+    insert_for,
+)
 
 DEFAULT_URL = "sqlite+aiosqlite:///./amqp_jobs.db"
 
@@ -415,7 +420,7 @@ class JobStore:
         await self._writer.submit(change)
 
     def _insert(self) -> Any:
-        return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        return insert_for(self.dialect)
 
     async def _write(self, batch: list[Change]) -> None:
         reports = [c for c in batch if isinstance(c, ProgressChange)]

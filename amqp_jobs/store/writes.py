@@ -82,12 +82,17 @@ class SQLAlchemyDriver:
         self._connection.exec_driver_sql(sql, parameters)
 
 
+def insert_for(dialect: str) -> Any:
+    """The dialect's ``insert`` construct (with ``on_conflict_do_*``)."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
 class Statements:
     """The group commit's statements for one dialect, compiled on first use."""
 
     def __init__(self, dialect: sa.Dialect) -> None:
         self.dialect = dialect
-        self._insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        self._insert = insert_for(dialect.name)
         self._compiled: dict[tuple[str, tuple[str, ...], int], DriverStatement] = {}
 
     def write(self, driver: Driver, rows: BatchRows) -> None:

@@ -461,14 +461,8 @@ class AmqpTransport(Transport):
         exchange: str,
         routing_key: str,
         timeout: float,
-        *,
-        confirm_timeout: bool = True,
     ) -> BaseException | None:
-        """Publish; return the (translated) error instead of raising it.
-
-        ``confirm_timeout=False`` leaves the time limit to the caller (``publish_many``
-        watches a whole batch instead of arming one timer per message).
-        """
+        """Publish; return the (translated) error instead of raising it."""
         channel, connection = self._publish_channel, self._connection
         if channel is None or connection is None:
             return TransportError("the transport is not connected; call connect() first")
@@ -483,7 +477,7 @@ class AmqpTransport(Transport):
                     routing_key=routing_key,
                     properties=properties,
                     mandatory=True,
-                    timeout=timeout if confirm_timeout else None,
+                    timeout=timeout,
                     # The confirm comes after the write anyway: skip the drain future.
                     # (aiormq's Channel takes `wait`; its abstract base does not say so.)
                     wait=False,  # type: ignore[call-arg]
